@@ -1,0 +1,23 @@
+"""``filterprune info``: parameters, MACs and per-layer widths of a model or checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("info", help="params, MACs and per-layer widths", description=__doc__)
+    p.add_argument("--model", help="registered model name (not needed for a filterprune .safetensors)")
+    p.add_argument("--weights", help="'auto', a .th/.pt file or a filterprune .safetensors checkpoint")
+    p.add_argument("--input-size", type=int, nargs=3, metavar=("C", "H", "W"),
+                   help="input shape (default: 3 32 32, or 1 8 8 for convnet_small)")
+    p.add_argument("--list", action="store_true", help="list the registered models and criteria instead")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..workflows.inspect import describe_model, registered
+
+    print(registered() if args.list or not (args.model or args.weights) else
+          describe_model(args.model, args.weights, args.input_size))
+    return 0

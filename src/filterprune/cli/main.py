@@ -1,0 +1,51 @@
+"""The ``filterprune`` command: registers the subcommands, sets up logging, turns errors into one line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from ..errors import FilterpruneError
+from ..utils.env import code_version
+from ..utils.progress import set_progress
+from . import demo, evaluate, info, prune, train
+
+COMMANDS = (demo, train, evaluate, info, prune)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="filterprune",
+        description="Structured filter pruning for PyTorch CNNs (CAR, C-SGD, PLS+VIP and baselines).",
+    )
+    parser.add_argument("--version", action="version", version=f"filterprune {code_version()}")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings only")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module in COMMANDS:
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True)
+    set_progress(not args.quiet and sys.stderr.isatty())
+    try:
+        return args.run(args)
+    except (FilterpruneError, ValueError, FileNotFoundError) as e:
+        if args.debug:
+            raise
+        print(f"filterprune {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

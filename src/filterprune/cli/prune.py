@@ -1,0 +1,35 @@
+"""``filterprune prune``: score, select and remove filters of a trained model, then fine-tune it.
+
+Example:
+    filterprune prune --model resnet20 --weights base.safetensors --data ../shared/data/cifar10 \\
+        --criterion l1 --target-macs 0.5 --finetune-epochs 10 --out runs/l1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from ..config import PruneRunConfig, from_dict, load_yaml, merge
+from ._args import add_config_args, overrides
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("prune", help="prune a trained model and fine-tune it", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", help="YAML prune-run config; flags override it")
+    p.add_argument("--download", action="store_true", help="allow downloading the dataset if it is not found")
+    add_config_args(p, PruneRunConfig)
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..workflows.prune_run import run_prune
+
+    cfg = load_yaml(PruneRunConfig, args.config) if args.config else from_dict(PruneRunConfig, {})
+    cfg = merge(cfg, overrides(args, PruneRunConfig))
+    summary = run_prune(cfg, download=args.download)
+    print(summary.pop("table"))
+    print(json.dumps({k: summary[k] for k in ("base", "pruned", "finetuned", "macs", "params")}, indent=2))
+    print(f"wrote {cfg.out}/summary.json and {cfg.out}/model.safetensors")
+    return 0

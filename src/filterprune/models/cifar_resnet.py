@@ -1,0 +1,121 @@
+"""CIFAR ResNets (He et al. 2016, section 4.2) with parameter-free "option A" shortcuts.
+
+The layout, names and shortcut match the checkpoints of akamaster/pytorch_resnet_cifar10 (see
+``../shared/data/README.md``), so those weights load with every key accounted for.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ._registry import register_model
+
+
+class PadShortcut(nn.Module):
+    """Option-A shortcut: subsample by ``stride``, then place the input channels among zero channels.
+
+    Unpruned, ``(C_out - C_in) // 2`` zero channels go before the input channels and the rest after, so
+    output channel j carries input channel j - (C_out - C_in) // 2. Appending all zeros at the end
+    instead breaks the pretrained weights (about 23% accuracy on ResNet-20).
+
+    The placement is kept as an explicit index buffer ``out_index`` (input channel i lands on output
+    channel ``out_index[i]``; -1 = dropped) so that channel pruning on either side stays exact: the
+    pruning engine edits ``out_index`` and ``out_planes`` instead of guessing what a pad did.
+    """
+
+    def __init__(self, in_planes: int, out_planes: int, stride: int) -> None:
+        super().__init__()
+        self.stride = stride
+        self.out_planes = out_planes
+        self.register_buffer("out_index", torch.arange(in_planes) + (out_planes - in_planes) // 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x[:, :, :: self.stride, :: self.stride]
+        keep = self.out_index >= 0
+        out = x.new_zeros(x.shape[0], self.out_planes, x.shape[2], x.shape[3])
+        return out.index_copy(1, self.out_index[keep], x[:, keep])
+
+    def extra_repr(self) -> str:
+        return f"in={self.out_index.numel()}, out={self.out_planes}, stride={self.stride}"
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, in_planes: int, mid_planes: int, out_planes: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, mid_planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(mid_planes)
+        self.conv2 = nn.Conv2d(mid_planes, out_planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_planes)
+        if stride != 1 or in_planes != out_planes:
+            self.shortcut: nn.Module = PadShortcut(in_planes, out_planes, stride)
+        else:
+            self.shortcut = nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class CifarResNet(nn.Module):
+    """ResNet-(6n+2) for 32x32 inputs: a 16-channel stem, three stages of n blocks, GAP, linear.
+
+    Args:
+        depth: 6n+2 (20, 32, 44, 56, 110).
+        num_classes: classifier outputs.
+        in_chans: input channels.
+        width_mult: scales every width (C-SGD's "train wider, then squeeze").
+    """
+
+    def __init__(self, depth: int, num_classes: int = 10, in_chans: int = 3, width_mult: float = 1.0) -> None:
+        super().__init__()
+        if (depth - 2) % 6:
+            raise ValueError(f"CIFAR ResNet depth must be 6n+2, got {depth}")
+        n = (depth - 2) // 6
+        widths = [round(w * width_mult) for w in (16, 32, 64)]
+        self.conv1 = nn.Conv2d(in_chans, widths[0], 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        in_planes = widths[0]
+        for stage, (planes, stride) in enumerate(zip(widths, (1, 2, 2)), start=1):
+            blocks = []
+            for i in range(n):
+                blocks.append(BasicBlock(in_planes, planes, planes, stride if i == 0 else 1))
+                in_planes = planes
+            self.add_module(f"layer{stage}", nn.Sequential(*blocks))
+        self.linear = nn.Linear(in_planes, num_classes)
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.kaiming_normal_(m.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = self.layer3(self.layer2(self.layer1(x)))
+        x = F.adaptive_avg_pool2d(x, 1).flatten(1)
+        return self.linear(x)
+
+
+@register_model
+def resnet20(**kwargs) -> CifarResNet:
+    return CifarResNet(20, **kwargs)
+
+
+@register_model
+def resnet32(**kwargs) -> CifarResNet:
+    return CifarResNet(32, **kwargs)
+
+
+@register_model
+def resnet44(**kwargs) -> CifarResNet:
+    return CifarResNet(44, **kwargs)
+
+
+@register_model
+def resnet56(**kwargs) -> CifarResNet:
+    return CifarResNet(56, **kwargs)
+
+
+@register_model
+def resnet110(**kwargs) -> CifarResNet:
+    return CifarResNet(110, **kwargs)

@@ -1,0 +1,231 @@
+"""``fit`` / ``evaluate``: the project's single training loop.
+
+A run folder gets ``metrics.jsonl`` (one line per epoch) and ``checkpoints/epoch_NNN.safetensors``
+(model, optimizer momentum and loop state, no pickle). ``resume=True`` continues after the newest
+complete checkpoint; the learning rate is a pure function of the step and the data order a pure function
+of (seed, epoch), so a resumed run repeats an uninterrupted one exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..checkpoint import read_checkpoint, save_checkpoint
+from ..config import TrainConfig, to_dict
+from ..errors import CheckpointError
+from ..types import PathLike
+from ..utils.progress import progress
+from ..utils.seed import pick_device
+from .hooks import TrainHook
+from .optim import build_optimizer, lr_at
+
+logger = logging.getLogger(__name__)
+
+
+def _autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
+    if device.type != "cuda" or amp == "off":
+        return contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, loader: Iterable, device: str | torch.device | None = None, *, amp: str = "off",
+    num_classes: int | None = None,
+) -> dict[str, Any]:
+    """Top-1 accuracy (percent), mean cross-entropy and per-class accuracy over ``loader``.
+
+    The model is put in eval mode for the pass and its previous mode restored.
+    """
+    device = pick_device(device)
+    was_training = model.training
+    model.eval()
+    loss_sum, correct, n = 0.0, 0, 0
+    hits: torch.Tensor | None = None
+    counts: torch.Tensor | None = None
+    for x, y in loader:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with _autocast(device, amp):
+            logits = model(x)
+        logits = logits.float()
+        loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+        pred = logits.argmax(1)
+        correct += (pred == y).sum().item()
+        n += y.numel()
+        k = num_classes or logits.shape[1]
+        if hits is None:
+            hits, counts = torch.zeros(k), torch.zeros(k)
+        hits += torch.bincount(y[pred == y].cpu(), minlength=k)[:k].float()
+        counts += torch.bincount(y.cpu(), minlength=k)[:k].float()
+    model.train(was_training)
+    if n == 0:
+        raise ValueError("evaluate() got an empty loader")
+    per_class = (100 * hits / counts.clamp(min=1)).tolist()
+    return {"acc": 100.0 * correct / n, "loss": loss_sum / n, "n": n, "per_class_acc": per_class}
+
+
+def _train_state(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    tensors = {}
+    for i, p in enumerate(p for g in optimizer.param_groups for p in g["params"]):
+        buf = optimizer.state.get(p, {}).get("momentum_buffer")
+        if buf is not None:
+            tensors[f"optim.{i}.momentum_buffer"] = buf
+    return tensors
+
+
+def _load_train_state(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
+    for i, p in enumerate(p for g in optimizer.param_groups for p in g["params"]):
+        buf = tensors.get(f"optim.{i}.momentum_buffer")
+        if buf is not None:
+            optimizer.state[p]["momentum_buffer"] = buf.to(p.device, p.dtype).clone()
+
+
+def _latest_checkpoint(ckpt_dir: Path) -> Path | None:
+    files = sorted(ckpt_dir.glob("epoch_*.safetensors"))
+    return files[-1] if files else None
+
+
+def fit(
+    model: nn.Module,
+    train_loader: Any,
+    val_loader: Iterable | None,
+    cfg: TrainConfig,
+    *,
+    run_dir: PathLike | None = None,
+    hooks: Sequence[TrainHook] = (),
+    resume: bool = False,
+) -> list[dict[str, Any]]:
+    """Train ``model`` in place with ``cfg``; returns the per-epoch metrics records.
+
+    Args:
+        model: the network (moved to the configured device).
+        train_loader: yields ``(x, y)`` batches; if it has ``set_epoch(epoch)`` it is called each epoch.
+        val_loader: evaluated after every epoch (selection happens here, never on the test split).
+        cfg: the recipe.
+        run_dir: where ``metrics.jsonl`` and per-epoch checkpoints go; ``None`` writes nothing.
+        hooks: training-time methods (see :class:`TrainHook`).
+        resume: continue from the newest checkpoint in ``run_dir``.
+    """
+    device = pick_device(cfg.device)
+    model.to(device)
+    if device.type == "cuda" and cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    no_decay = set().union(*(h.no_weight_decay(model) for h in hooks)) if hooks else set()
+    optimizer = build_optimizer(model, cfg, no_decay)
+    scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" and cfg.amp == "fp16" else None
+    steps_per_epoch = len(train_loader)
+    run_dir = Path(run_dir) if run_dir is not None else None
+    ckpt_dir = run_dir / "checkpoints" if run_dir else None
+    history: list[dict[str, Any]] = []
+    start_epoch = 0
+
+    if resume:
+        if ckpt_dir is None:
+            raise ValueError("resume needs a run folder")
+        latest = _latest_checkpoint(ckpt_dir)
+        if latest is None:
+            raise CheckpointError(f"{ckpt_dir}: nothing to resume from")
+        tensors, meta = read_checkpoint(latest)
+        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, strict=True)
+        _load_train_state(optimizer, tensors)
+        start_epoch = meta["epoch"] + 1
+        history = [r for r in _read_metrics(run_dir) if r["epoch"] < start_epoch]
+        _write_metrics(run_dir, history)
+        logger.info("resumed from %s at epoch %d", latest, start_epoch)
+
+    for hook in hooks:
+        hook.on_fit_start(model, optimizer)
+
+    for epoch in range(start_epoch, cfg.epochs):
+        if hasattr(train_loader, "set_epoch"):
+            train_loader.set_epoch(epoch)
+        torch.manual_seed(cfg.seed * 100_003 + epoch)  # anything stochastic in the model (dropout)
+        model.train()
+        t0 = time.perf_counter()
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device, dtype=torch.long)
+        seen = 0
+        step = epoch * steps_per_epoch
+        for x, y in progress(train_loader, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch"):
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            lr = lr_at(cfg, step, steps_per_epoch)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            with _autocast(device, cfg.amp):
+                logits = model(x)
+                loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)
+            else:
+                loss.backward()
+            for hook in hooks:
+                hook.after_backward(model, step)
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            loss_sum += loss.detach() * y.numel()
+            correct += (logits.detach().argmax(1) == y).sum()
+            seen += y.numel()
+            step += 1
+        if not torch.isfinite(loss_sum):
+            raise FloatingPointError(f"training diverged in epoch {epoch + 1} (loss is not finite); lower the lr")
+        train_time = time.perf_counter() - t0
+        record: dict[str, Any] = {
+            "epoch": epoch,
+            "lr": lr_at(cfg, step - 1, steps_per_epoch),
+            "train_loss": loss_sum.item() / max(seen, 1),
+            "train_acc": 100.0 * correct.item() / max(seen, 1),
+            "epoch_time_s": train_time,
+            "train_images_per_s": seen / train_time,
+        }
+        for hook in hooks:
+            record.update(hook.on_epoch_end(model, epoch))
+        if val_loader is not None:
+            val = evaluate(model, val_loader, device, amp=cfg.amp)
+            record.update(val_acc=val["acc"], val_loss=val["loss"])
+        history.append(record)
+        logger.info("epoch %d/%d %s", epoch + 1, cfg.epochs,
+                    " ".join(f"{k}={v:.4g}" for k, v in record.items() if isinstance(v, float)))
+        if run_dir is not None:
+            _save_epoch(model, optimizer, cfg, ckpt_dir, epoch, step)
+            _write_metrics(run_dir, history)
+    return history
+
+
+def _save_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, cfg: TrainConfig, ckpt_dir: Path,
+                epoch: int, step: int) -> None:
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    tensors.update(_train_state(optimizer))
+    meta = {"arch": getattr(model, "filterprune_cfg", None), "epoch": epoch, "step": step, "train": to_dict(cfg)}
+    save_checkpoint(ckpt_dir / f"epoch_{epoch:03d}.safetensors", tensors, meta)
+    if cfg.keep_checkpoints:
+        for old in sorted(ckpt_dir.glob("epoch_*.safetensors"))[: -cfg.keep_checkpoints]:
+            old.unlink()
+
+
+def _read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _write_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:
+    path = run_dir / "metrics.jsonl"
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in history))
+    tmp.replace(path)

@@ -1,0 +1,87 @@
+"""``run_training``: a whole training run from a :class:`RunConfig`, as ``filterprune train`` does it."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from ..config import RunConfig, dump_yaml, load_yaml, to_dict
+from ..data import BatchLoader, DataSplits, load_data
+from ..models import create_model
+from ..utils.env import environment
+from ..utils.seed import pick_device, seed_everything
+from .loop import evaluate, fit
+
+logger = logging.getLogger(__name__)
+
+
+def build_model(cfg: RunConfig, splits: DataSplits) -> nn.Module:
+    """The configured model, sized for the data, with its starting weights."""
+    kwargs: dict[str, Any] = {"num_classes": splits.train.num_classes, "in_chans": splits.train.in_chans}
+    if cfg.width_mult != 1.0:
+        kwargs["width_mult"] = cfg.width_mult
+    if cfg.model == "convnet_small":
+        kwargs["image_size"] = splits.train.image_size
+    pretrained: bool | str = {"": False, "auto": True}.get(cfg.pretrained, cfg.pretrained)
+    return create_model(cfg.model, pretrained=pretrained, **kwargs)
+
+
+def loaders(splits: DataSplits, batch_size: int, eval_batch_size: int, device: str, seed: int):
+    """(train, val, test) batch loaders; test is ``None`` when the data has no test split."""
+    dev = pick_device(device)
+    train = BatchLoader(splits.train, batch_size, train=True, device=dev, seed=seed)
+    val = BatchLoader(splits.val, eval_batch_size, train=False, device=dev)
+    test = BatchLoader(splits.test, eval_batch_size, train=False, device=dev) if splits.test is not None else None
+    return train, val, test
+
+
+def run_training(cfg: RunConfig, *, resume: bool = False, download: bool = False) -> dict[str, Any]:
+    """Train (or fine-tune) ``cfg.model`` on ``cfg.data``; write the run folder; return the summary.
+
+    The run folder holds ``config.yaml`` (resolved), ``env.json``, ``metrics.jsonl``, per-epoch
+    checkpoints, the final ``model.safetensors`` and ``summary.json``. With ``resume=True`` the config
+    saved in the folder is used and training continues after the newest checkpoint.
+    """
+    out = Path(cfg.out)
+    if resume:
+        saved = out / "config.yaml"
+        if not saved.exists():
+            raise FileNotFoundError(f"{out}: no config.yaml to resume from")
+        cfg = load_yaml(RunConfig, saved)
+    seed_everything(cfg.train.seed)
+    splits = load_data(cfg.data, val_fraction=cfg.val_fraction, seed=0, download=download)
+    logger.info("data: %s", splits.describe())
+    model = build_model(cfg, splits)
+    train, val, test = loaders(splits, cfg.train.batch_size, cfg.train.eval_batch_size, cfg.train.device, cfg.train.seed)
+    out.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        dump_yaml(cfg, out / "config.yaml")
+    (out / "env.json").write_text(json.dumps(environment(), indent=2))
+
+    device = pick_device(cfg.train.device)
+    start = evaluate(model, val, device)
+    history = fit(model, train, val, cfg.train, run_dir=out, resume=resume)
+    final_val = evaluate(model, val, device)
+    summary: dict[str, Any] = {
+        "model": cfg.model,
+        "data": splits.describe(),
+        "config": to_dict(cfg),
+        "val_acc_start": start["acc"],
+        "val_acc": final_val["acc"],
+        "val_loss": final_val["loss"],
+        "epochs": len(history),
+        "epoch_time_s_median": sorted(r["epoch_time_s"] for r in history)[len(history) // 2] if history else None,
+    }
+    if test is not None:  # reported only; nothing is chosen on it
+        final_test = evaluate(model, test, device)
+        summary.update(test_acc=final_test["acc"], test_loss=final_test["loss"],
+                       test_per_class_acc=final_test["per_class_acc"])
+    from ..api import save
+
+    save(model, out / "model.safetensors", meta={"summary": {k: v for k, v in summary.items() if k != "config"}})
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary

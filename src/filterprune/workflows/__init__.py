@@ -1,0 +1,1 @@
+"""End-to-end jobs the CLI runs (each CLI command calls exactly one of these)."""

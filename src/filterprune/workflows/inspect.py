@@ -1,0 +1,53 @@
+"""Looking at models and checkpoints: ``filterprune info`` and ``filterprune eval``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..data import BatchLoader, load_data
+from ..models import list_models
+from ..train import evaluate
+from ..utils.seed import pick_device
+from .common import load_model
+
+
+def registered() -> str:
+    from ..criteria import list_criteria
+
+    return "models:    " + " ".join(list_models()) + "\ncriteria:  " + " ".join(list_criteria())
+
+
+def describe_model(model: str | None, weights: str | None, input_size: tuple[int, int, int] | None = None) -> str:
+    """A per-layer table (type, in/out widths, MACs, params) with totals."""
+    from ..metrics import count, layer_table
+
+    net = load_model(model, weights)
+    if input_size is None:
+        first = next(m for m in net.modules() if isinstance(m, torch.nn.Conv2d))
+        side = getattr(net, "filterprune_cfg", {}).get("image_size", 8 if type(net).__name__ == "SmallConvNet" else 32)
+        input_size = (first.in_channels, side, side)
+    x = torch.randn(1, *input_size)
+    net.eval()
+    macs, params = count(net, x)
+    rows = layer_table(net, x)
+    name = getattr(net, "filterprune_cfg", {}).get("name", type(net).__name__)
+    lines = [f"{name}: {params:,} params, {macs / 1e6:.2f}M MACs (FLOPs = 2 x MACs) at input {tuple(input_size)}",
+             f"{'layer':32s} {'type':12s} {'in':>5s} {'out':>5s} {'MACs':>12s} {'params':>9s}"]
+    for r in rows:
+        lines.append(f"{r['name']:32s} {r['type']:12s} {r['in']:>5} {r['out']:>5} {r['macs']:>12,} {r['params']:>9,}")
+    return "\n".join(lines)
+
+
+def evaluate_model(model: str | None, weights: str | None, data: str, *, split: str = "test", batch_size: int = 500,
+                   device: str = "auto", download: bool = False) -> dict[str, Any]:
+    splits = load_data(data, download=download)
+    ds = getattr(splits, split)
+    if ds is None:
+        raise ValueError(f"{data} has no {split} split")
+    net = load_model(model, weights, splits.train)
+    dev = pick_device(device)
+    result = evaluate(net.to(dev), BatchLoader(ds, batch_size, train=False, device=dev), dev)
+    return {"data": data, "split": split, "acc": result["acc"], "loss": result["loss"], "n": result["n"],
+            "per_class_acc": [round(a, 2) for a in result["per_class_acc"]]}
