@@ -31,6 +31,9 @@ def save_checkpoint(path: PathLike, tensors: dict[str, torch.Tensor], meta: dict
     plain = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would make shared checkpoints unreadable to others
     try:
         save_file(plain, tmp, metadata={META_KEY: json.dumps(meta or {})})
         os.replace(tmp, path)

@@ -13,10 +13,8 @@ Glossary (used everywhere in the code and docs):
 from __future__ import annotations
 
 import os
-from typing import Union
-
 from torch import Tensor
 
 GroupId = str  # qualified name of a group's root layer, e.g. "layer1.0.conv1"
 Scores = dict[GroupId, Tensor]  # one 1-D tensor per group, one score per channel
-PathLike = Union[str, os.PathLike]
+PathLike = str | os.PathLike

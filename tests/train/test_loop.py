@@ -95,7 +95,7 @@ def test_resume_after_a_mid_epoch_kill_equals_an_uninterrupted_run(tmp_path):
     assert [{k: v for k, v in r.items() if k not in drop} for r in got] == [
         {k: v for k, v in r.items() if k not in drop} for r in expected
     ]
-    for (k, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
+    for (k, a), b in zip(full.state_dict().items(), resumed.state_dict().values(), strict=True):
         assert torch.equal(a, b), k
 
 

@@ -13,12 +13,18 @@ def add_parser(sub) -> None:
     p = sub.add_parser("demo", help="train, prune and fine-tune a small ConvNet on digits", description=__doc__)
     p.add_argument("--criterion", default="l1", help="pruning criterion")
     p.add_argument("--target-macs", type=float, default=0.5, help="fraction of MACs to remove")
-    p.add_argument("--out", help="also write the run folder here")
+    p.add_argument("--out", help="also write the run folders (base/, pruned/) here")
+    p.add_argument("-v", "--verbose", action="store_true", help="log every epoch")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    import logging
+
     from ..workflows.demo import run_demo
+
+    if not args.verbose:
+        logging.getLogger("filterprune").setLevel(logging.WARNING)
 
     result = run_demo(criterion=args.criterion, target_macs=args.target_macs, out=args.out)
     print(result["text"])

@@ -37,7 +37,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     set_progress(not args.quiet and sys.stderr.isatty())
     try:
         return args.run(args)
-    except (FilterpruneError, ValueError, FileNotFoundError) as e:
+    except (FilterpruneError, ValueError, FileNotFoundError, FileExistsError) as e:
         if args.debug:
             raise
         print(f"filterprune {args.command}: error: {e}", file=sys.stderr)

@@ -38,12 +38,16 @@ class ChannelGroup:
         size: number of channels in the group (= the root's output width).
         members: every (module, dimension) slice the group's channels occupy, root first.
         prunable: ``False`` for groups that must stay whole (ignored layers, the classifier's outputs).
+        reason: why the group is not prunable (empty when it is).
+        reaches_output: the channels are (part of) a model output.
     """
 
     id: GroupId
     size: int
     members: tuple[Member, ...]
     prunable: bool = True
+    reason: str = ""
+    reaches_output: bool = False
 
     def members_of(self, kind: str | None = None, module_type: str | None = None) -> list[Member]:
         return [
@@ -63,3 +67,8 @@ class PrunePlan:
 
     def num_removed(self) -> int:
         return sum(len(v) for v in self.prune_idxs.values())
+
+    def keep_idxs(self, group: ChannelGroup) -> list[int]:
+        """The channels of ``group`` that this plan keeps."""
+        removed = set(self.prune_idxs.get(group.id, ()))
+        return [c for c in range(group.size) if c not in removed]

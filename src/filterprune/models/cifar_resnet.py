@@ -78,7 +78,7 @@ class CifarResNet(nn.Module):
         self.conv1 = nn.Conv2d(in_chans, widths[0], 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(widths[0])
         in_planes = widths[0]
-        for stage, (planes, stride) in enumerate(zip(widths, (1, 2, 2)), start=1):
+        for stage, (planes, stride) in enumerate(zip(widths, (1, 2, 2), strict=True), start=1):
             blocks = []
             for i in range(n):
                 blocks.append(BasicBlock(in_planes, planes, planes, stride if i == 0 else 1))

@@ -1,0 +1,36 @@
+"""filterprune: structured filter pruning for PyTorch CNNs.
+
+The public API, re-exported here (timm style). Everything else is reachable through the subpackages.
+
+>>> import torch, filterprune as fp
+>>> model = fp.create_model("resnet20")
+>>> macs, params = fp.count(model, torch.randn(1, 3, 32, 32))
+>>> round(macs / 1e6, 2), params
+(40.55, 269722)
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from .api import load, prune, save, score
+from .checkpoint import read_checkpoint, save_checkpoint
+from .config import PruneConfig, PruneRunConfig, RunConfig, TrainConfig
+from .criteria import create_criterion, list_criteria, register_criterion
+from .data import ArrayDataset, BatchLoader, DataSplits, load_data
+from .errors import CheckpointError, DataError, FilterpruneError, PruningError
+from .graph import ChannelGroup, PrunePlan
+from .metrics import count, measure_latency
+from .models import create_model, list_models, register_model
+from .train import TrainHook, evaluate, fit
+
+try:
+    __version__ = version("filterprune")
+except PackageNotFoundError:  # running from a source tree without installing
+    __version__ = "0+unknown"
+
+__all__ = [
+    "ArrayDataset", "BatchLoader", "ChannelGroup", "CheckpointError", "DataError", "DataSplits",
+    "FilterpruneError", "PruneConfig", "PruneRunConfig", "PrunePlan", "PruningError", "RunConfig",
+    "TrainConfig", "TrainHook", "count", "create_criterion", "create_model", "evaluate", "fit",
+    "list_criteria", "list_models", "load", "load_data", "measure_latency", "prune", "read_checkpoint",
+    "register_criterion", "register_model", "save", "save_checkpoint", "score",
+]

@@ -1,0 +1,284 @@
+"""The functions users type: :func:`prune`, :func:`score`, :func:`save`, :func:`load`.
+
+``prune`` chains the engine's steps: trace the channel groups, score them with a criterion, select
+what to remove for the target, check that the masked and the physically pruned model agree, apply.
+With ``steps > 1`` it repeats this, re-tracing and re-scoring each time, with an optional
+``finetune(model, step)`` after each step. The cumulative target after step i of k is split
+geometrically by default (the kept fraction shrinks by the same factor each step: kept_i =
+(1 - target) ** (i / k)); ``schedule="linear"`` removes target * i / k instead.
+
+>>> import torch
+>>> from filterprune.models import create_model
+>>> model = create_model("resnet20")
+>>> report = prune(model, torch.randn(2, 3, 32, 32), "l1", target_macs=0.5)
+>>> abs(report.macs_reduction - 0.5) <= 0.01
+True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor, nn
+
+from .graph.check import apply_plan_checked, evaluating
+from .graph.groups import ChannelGroup
+from .graph.serialize import load_model, save_model
+from .graph.surgery import apply_plan
+from .graph.trace import Inputs, forward, trace_groups
+from .selection import SelectOptions, baseline, default_counter, select
+from .types import PathLike, Scores
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["PruneReport", "StepRecord", "load", "prune", "save", "score"]
+
+SCHEDULES = ("geometric", "linear")
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """One pruning step: the cumulative target it aimed at and where the model ended up."""
+
+    step: int
+    target: float
+    removed_channels: int
+    macs: int
+    params: int
+    max_error: float | None
+
+
+@dataclass(frozen=True)
+class PruneReport:
+    """What :func:`prune` did. ``widths_*`` map each conv's qualified name to its output channels;
+    ``max_error`` is the largest masked-vs-pruned output difference (``None`` without the check)."""
+
+    criterion: str
+    target_name: str
+    target: float
+    macs_before: int
+    macs_after: int
+    params_before: int
+    params_after: int
+    widths_before: dict[str, int]
+    widths_after: dict[str, int]
+    steps: tuple[StepRecord, ...]
+    max_error: float | None
+
+    @property
+    def macs_reduction(self) -> float:
+        """Fraction of MACs removed."""
+        return 1 - self.macs_after / max(1, self.macs_before)
+
+    @property
+    def params_reduction(self) -> float:
+        """Fraction of parameters removed."""
+        return 1 - self.params_after / max(1, self.params_before)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able dict of every field plus the two reductions."""
+        out = dataclasses.asdict(self)
+        out["steps"] = [dataclasses.asdict(s) for s in self.steps]
+        out["macs_reduction"], out["params_reduction"] = self.macs_reduction, self.params_reduction
+        return out
+
+    def table(self) -> str:
+        """A plain-text before/after table: totals, then one row per conv."""
+        name_w = max([len("layer"), *map(len, self.widths_before)])
+        lines = [
+            f"criterion {self.criterion}, {self.target_name}={self.target:g}, {len(self.steps)} step(s)",
+            f"MACs   {self.macs_before:>14,d} -> {self.macs_after:>14,d}  (-{100 * self.macs_reduction:.1f}%)",
+            f"params {self.params_before:>14,d} -> {self.params_after:>14,d}  (-{100 * self.params_reduction:.1f}%)",
+            f"{'layer':<{name_w}}  {'before':>6}  {'after':>6}  {'kept':>6}",
+        ]
+        for name, before in self.widths_before.items():
+            after = self.widths_after.get(name, before)
+            lines.append(f"{name:<{name_w}}  {before:>6d}  {after:>6d}  {100 * after / max(1, before):>5.1f}%")
+        return "\n".join(lines)
+
+
+def conv_widths(model: nn.Module) -> dict[str, int]:
+    """Output channels of every conv, by qualified name."""
+    return {n: m.out_channels for n, m in model.named_modules() if isinstance(m, nn.modules.conv._ConvNd)}
+
+
+def _check_inputs(model: nn.Module, example_inputs: Inputs) -> None:
+    try:
+        with evaluating(model):
+            forward(model, example_inputs)
+    except Exception as e:  # noqa: BLE001 - whatever the model raises becomes one line
+        shape = tuple(example_inputs.shape) if isinstance(example_inputs, Tensor) else type(example_inputs).__name__
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"the model rejects example_inputs of shape {shape}: {reason}") from None
+
+
+def _criterion(criterion, criterion_kwargs: dict | None, data):
+    """The criterion object for a name (or the object itself), checked against the data given."""
+    if isinstance(criterion, str):
+        from .criteria import create_criterion
+
+        criterion = create_criterion(criterion, **(criterion_kwargs or {}))
+    elif not callable(getattr(criterion, "score", None)):
+        raise TypeError("criterion must be a registered name or an object with .score(ctx)")
+    if getattr(criterion, "requires_data", False) and data is None:
+        raise ValueError(f"criterion {getattr(criterion, 'name', criterion)!r} needs data: pass data=(x, y) batches")
+    return criterion
+
+
+def _score(model, example_inputs, groups, crit, data, seed, num_batches) -> Scores:
+    from .criteria import ScoringContext
+
+    fields = {f.name for f in dataclasses.fields(ScoringContext)}
+    kwargs = {"data": data, "seed": seed, "num_batches": num_batches}
+    ctx = ScoringContext(model=model, example_inputs=example_inputs, groups=list(groups),
+                         **{k: v for k, v in kwargs.items() if k in fields and v is not None})
+    modes = {m: m.training for m in model.modules()}
+    try:
+        return crit.score(ctx)
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
+
+
+def score(
+    model: nn.Module,
+    example_inputs: Inputs,
+    criterion: str = "l1",
+    data: Iterable | None = None,
+    *,
+    ignored_layers: Sequence[str | nn.Module] | None = None,
+    seed: int = 0,
+    num_batches: int | None = None,
+    **criterion_kwargs: Any,
+) -> dict[str, Tensor]:
+    """Per prunable group (keyed by its root layer, e.g. ``"layer1.0.conv1"``), one score per channel.
+
+    The model is not changed. Higher scores mean keep.
+
+    Raises:
+        ValueError: unknown criterion (the message lists the known ones), a data-driven criterion
+            without ``data``, or inputs the model rejects.
+        PruningError: the model cannot be traced safely.
+    """
+    crit = _criterion(criterion, criterion_kwargs, data)
+    _check_inputs(model, example_inputs)
+    groups = trace_groups(model, example_inputs, ignored_layers=ignored_layers)
+    return _score(model, example_inputs, groups, crit, data, seed, num_batches)
+
+
+def _cumulative(target: float, step: int, steps: int, schedule: str) -> float:
+    if schedule == "linear":
+        return target * step / steps
+    return 1 - (1 - target) ** (step / steps)
+
+
+def prune(
+    model: nn.Module,
+    example_inputs: Inputs,
+    criterion: str = "l1",
+    target_macs: float | None = None,
+    *,
+    target_params: float | None = None,
+    ratio: float | None = None,
+    data: Iterable | None = None,
+    steps: int = 1,
+    schedule: str = "geometric",
+    finetune: Callable[[nn.Module, int], Any] | None = None,
+    ignored_layers: Sequence[str | nn.Module] | None = None,
+    min_channels: int = 1,
+    round_to: int = 1,
+    max_ratio: float = 1.0,
+    global_ranking: bool = True,
+    normalize: str = "mean",
+    check: bool = True,
+    criterion_kwargs: dict[str, Any] | None = None,
+    seed: int = 0,
+    num_batches: int | None = None,
+) -> PruneReport:
+    """Prune ``model`` in place to a target and report what changed.
+
+    Args:
+        model: the network; pruned in place (build a new optimizer afterwards).
+        example_inputs: a batch the model accepts; tracing, counting and the check run on it.
+        criterion: a registered criterion name (see ``filterprune.criteria.list_criteria``) or an
+            object with ``score(ctx)``.
+        target_macs: fraction of MACs to remove.
+        target_params: fraction of parameters to remove.
+        ratio: fraction of prunable channels to remove. Give exactly one of the three targets.
+        data: ``(x, y)`` batches for data-driven criteria.
+        steps: prune in this many steps, re-scoring each time.
+        schedule: how the target is split across steps: geometric or linear (module docstring).
+        finetune: ``finetune(model, step)``, called after each step (the last one included).
+        ignored_layers: layers (modules or qualified names) whose output channels are kept.
+        min_channels: every group keeps at least this many channels.
+        round_to: kept channel counts are multiples of this.
+        max_ratio: at most this fraction of a group's channels is removed.
+        global_ranking: rank channels across groups; ``False`` prunes each group by the same fraction.
+        normalize: per-group score normalisation for global ranking (mean, max, l2, none).
+        check: compare masked and pruned outputs at each step; raise above 1e-4 relative.
+        criterion_kwargs: options passed to the criterion's constructor.
+        seed: passed to the criterion.
+        num_batches: how many ``data`` batches a data-driven criterion reads.
+
+    Returns:
+        A :class:`PruneReport`.
+
+    Raises:
+        ValueError: bad arguments (target count or range, unknown criterion, missing data, inputs
+            the model rejects).
+        PruningError: the model cannot be pruned safely, the target is unreachable, or the check failed.
+    """
+    targets = {"target_macs": target_macs, "target_params": target_params, "ratio": ratio}
+    options = SelectOptions(**targets, global_ranking=global_ranking, normalize=normalize,
+                            min_channels=min_channels, round_to=round_to, max_ratio=max_ratio)
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
+    crit = _criterion(criterion, criterion_kwargs, data)
+    _check_inputs(model, example_inputs)
+
+    counter = default_counter()
+    groups: list[ChannelGroup] = trace_groups(model, example_inputs, ignored_layers=ignored_layers)
+    base = baseline(model, example_inputs, groups, counter)
+    widths_before = conv_widths(model)
+    name, value = options.target
+    records: list[StepRecord] = []
+    for step in range(1, steps + 1):
+        if step > 1:  # same topology, new widths: the probe already passed on this model
+            groups = trace_groups(model, example_inputs, ignored_layers=ignored_layers, probe=False)
+        goal = _cumulative(value, step, steps, schedule)
+        scores = _score(model, example_inputs, groups, crit, data, seed, num_batches)
+        plan = select(model, example_inputs, groups, scores, dataclasses.replace(options, **{name: goal}),
+                      base=base, counter=counter)
+        err = apply_plan_checked(model, groups, plan, example_inputs) if check else None
+        if not check:
+            apply_plan(model, groups, plan)
+        macs, params = counter(model, example_inputs)
+        records.append(StepRecord(step, goal, plan.num_removed(), int(macs), int(params), err))
+        logger.info("step %d/%d: %s %.4f, removed %d channels, MACs %d, params %d",
+                    step, steps, name, goal, plan.num_removed(), macs, params)
+        if finetune is not None:
+            finetune(model, step)
+    errors = [r.max_error for r in records if r.max_error is not None]
+    return PruneReport(
+        criterion=getattr(crit, "name", None) or type(crit).__name__, target_name=name, target=value,
+        macs_before=base.macs, macs_after=records[-1].macs, params_before=base.params,
+        params_after=records[-1].params, widths_before=widths_before, widths_after=conv_widths(model),
+        steps=tuple(records), max_error=max(errors) if errors else None,
+    )
+
+
+def save(model: nn.Module, path: PathLike, *, meta: dict[str, Any] | None = None) -> Path:
+    """Save a (pruned) model without pickle; see :func:`filterprune.graph.serialize.save_model`."""
+    return save_model(model, path, meta=meta)
+
+
+def load(path: PathLike) -> nn.Module:
+    """Rebuild a model saved by :func:`save`; see :func:`filterprune.graph.serialize.load_model`."""
+    return load_model(path)
