@@ -191,6 +191,8 @@ class PruneConfig:
         num_batches: batches of training data a data-driven criterion sees.
         seed: seeds random choices (the ``random`` criterion, sampling).
         check: verify after every removal that the pruned model equals the masked one.
+        criterion_options: criterion-specific options as ``key=value,key=value`` (values parsed as
+            Python literals where possible), e.g. ``n_components=2,pooling=max``.
     """
 
     criterion: str = "l1"
@@ -205,6 +207,31 @@ class PruneConfig:
     num_batches: int = 16
     seed: int = 0
     check: bool = True
+    criterion_options: str = ""
+
+    def criterion_kwargs(self) -> dict[str, Any]:
+        """``criterion_options`` as a dict: ``"a=1,b=max"`` -> ``{"a": 1, "b": "max"}``."""
+        return parse_options(self.criterion_options)
+
+
+def parse_options(text: str) -> dict[str, Any]:
+    """Parse ``key=value,key=value``; values are Python literals where they parse, else strings.
+
+    >>> parse_options("n_components=2,pooling=max,scale=True")
+    {'n_components': 2, 'pooling': 'max', 'scale': True}
+    """
+    import ast
+
+    out: dict[str, Any] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"criterion option {item!r} is not key=value")
+        try:
+            out[key.strip()] = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            out[key.strip()] = value.strip()
+    return out
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ Glossary (used everywhere in the code and docs):
 from __future__ import annotations
 
 import os
+
 from torch import Tensor
 
 GroupId = str  # qualified name of a group's root layer, e.g. "layer1.0.conv1"

@@ -72,7 +72,7 @@ def run_prune(cfg: PruneRunConfig, *, download: bool = False) -> dict[str, Any]:
             model, x, criterion=p.criterion, target_macs=p.target_macs, target_params=p.target_params,
             ratio=p.ratio, data=train, steps=p.steps, finetune=step_ft, min_channels=p.min_channels,
             round_to=p.round_to, global_ranking=p.global_ranking, check=p.check,
-            num_batches=p.num_batches, seed=p.seed,
+            num_batches=p.num_batches, seed=p.seed, criterion_kwargs=p.criterion_kwargs() or None,
         )
         pruned = _accuracies(model, val, test, device)
         logger.info("after pruning: %s", pruned)
