@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -35,6 +36,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True)
     set_progress(not args.quiet and sys.stderr.isatty())
+    # SIGTERM unwinds like Ctrl-C, so workflows remove their temporary output folders on the way out.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
         return args.run(args)
     except (FilterpruneError, ValueError, FileNotFoundError, FileExistsError) as e:
