@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     if data.exists():
         t0 = time.perf_counter()
         ds = load_data(str(data)).train
-        source = f"{data.resolve()} (train split, {len(ds)} images; load {time.perf_counter() - t0:.1f} s)"
+        source = f"{os.path.relpath(data, REPO)} (train split, {len(ds)} images; load {time.perf_counter() - t0:.1f} s)"
     else:
         ds = synthetic_dataset(45000, image_size=32)
         ds.pad, ds.flip = 4, True

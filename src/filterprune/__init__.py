@@ -34,3 +34,9 @@ __all__ = [
     "list_criteria", "list_models", "load", "load_data", "measure_latency", "prune", "read_checkpoint",
     "register_criterion", "register_model", "save", "save_checkpoint", "score",
 ]
+
+# C-SGD (training-time method): cluster, centripetal training as a TrainHook, trim / squeeze
+from .methods import CentripetalSGD  # noqa: E402
+from .methods.csgd_run import CSGDOptions, csgd_prune, squeeze  # noqa: E402
+
+__all__ += ["CSGDOptions", "CentripetalSGD", "csgd_prune", "squeeze"]

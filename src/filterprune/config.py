@@ -75,6 +75,21 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class CSGDConfig:
+    """C-SGD's "train wider, then squeeze" (Ding et al. 2019): ``--width-mult 1.5 --csgd-squeeze-to 1.0``.
+
+    Attributes:
+        squeeze_to: train with centripetal SGD towards this width multiplier (one cluster per channel of
+            the narrower model), then trim to exactly that architecture; 0 trains normally.
+        options: C-SGD options as ``key=value,key=value``, e.g. ``centripetal=0.05,vector_ratio=1.0``
+            (see ``filterprune.methods.csgd_run.CSGDOptions``).
+    """
+
+    squeeze_to: float = 0.0
+    options: str = ""
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """A training run: which model, which data, which recipe, where to write.
 
@@ -86,6 +101,7 @@ class RunConfig:
         val_fraction: share of the training split held out for validation (dataset default if unset).
         out: run folder.
         train: the training recipe.
+        csgd: C-SGD "train wider, then squeeze" (off unless ``csgd.squeeze_to`` is set).
     """
 
     model: str = "convnet_small"
@@ -95,6 +111,12 @@ class RunConfig:
     val_fraction: float | None = None
     out: str = "runs/train"
     train: TrainConfig = field(default_factory=TrainConfig)
+    csgd: CSGDConfig = field(default_factory=CSGDConfig)
+
+    def __post_init__(self) -> None:
+        if self.csgd.squeeze_to and not 0 < self.csgd.squeeze_to < self.width_mult:
+            raise ValueError(f"csgd.squeeze_to ({self.csgd.squeeze_to:g}) must lie between 0 and width_mult "
+                             f"({self.width_mult:g})")
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -193,6 +215,11 @@ class PruneConfig:
         check: verify after every removal that the pruned model equals the masked one.
         criterion_options: criterion-specific options as ``key=value,key=value`` (values parsed as
             Python literals where possible), e.g. ``n_components=2,pooling=max``.
+        step_ratio: iterative mode (PLS+VIP's schedule): each step removes this fraction of the
+            remaining channels by one ranking of raw scores, re-scoring on unaugmented training images
+            and fine-tuning step_finetune_epochs between steps, until target_macs (the last step lands
+            on it) or, if steps > 1, after that many steps. Total fine-tuning: (steps done - 1) x
+            step_finetune_epochs + finetune epochs.
     """
 
     criterion: str = "l1"
@@ -208,6 +235,7 @@ class PruneConfig:
     seed: int = 0
     check: bool = True
     criterion_options: str = ""
+    step_ratio: float | None = None
 
     def criterion_kwargs(self) -> dict[str, Any]:
         """``criterion_options`` as a dict: ``"a=1,b=max"`` -> ``{"a": 1, "b": "max"}``."""

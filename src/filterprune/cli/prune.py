@@ -3,6 +3,18 @@
 Example:
     filterprune prune --model resnet20 --weights base.safetensors --data ../shared/data/cifar10 \\
         --criterion l1 --target-macs 0.5 --finetune-epochs 10 --out runs/l1
+
+    PLS+VIP's schedule: each step removes 10% of the remaining filters (raw VIPs, one global ranking),
+    refits PLS and fine-tunes 1 epoch, until -50% MACs; then 5 more epochs:
+    filterprune prune --weights base.safetensors --data ../shared/data/cifar10 --criterion pls-vip \\
+        --criterion-options n_components=2,samples=5000,pooling=max --target-macs 0.5 \\
+        --step-ratio 0.1 --step-finetune-epochs 1 --finetune-epochs 5 --out runs/pls
+
+    C-SGD (a training-time method, not a score): k-means clusters per group to the target widths, the
+    fine-tune epochs are spent as centripetal training, then one filter per cluster is kept, losslessly:
+    filterprune prune --weights base.safetensors --data ../shared/data/cifar10 --criterion csgd \
+        --criterion-options centripetal=0.1,vector_ratio=1.0,clustering=kmeans --target-macs 0.5 \
+        --finetune-epochs 10 --out runs/csgd
 """
 
 from __future__ import annotations

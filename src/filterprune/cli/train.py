@@ -1,4 +1,10 @@
-"""``filterprune train``: train or fine-tune a model; every run folder can be resumed."""
+"""``filterprune train``: train or fine-tune a model; every run folder can be resumed.
+
+C-SGD's "train wider, then squeeze" (Ding et al., arXiv 1904.03837): ``--width-mult 1.5 --csgd-squeeze-to
+1.0 --csgd-options centripetal=0.05,vector_ratio=1.0`` trains a 1.5x wider model with centripetal SGD,
+one cluster per channel of the 1.0x model, then trims it to exactly the 1.0x architecture (summary.json:
+``csgd``); model.safetensors is then a plain checkpoint of the 1.0x model.
+"""
 
 from __future__ import annotations
 

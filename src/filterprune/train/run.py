@@ -64,7 +64,14 @@ def run_training(cfg: RunConfig, *, resume: bool = False, download: bool = False
 
     device = pick_device(cfg.train.device)
     start = evaluate(model, val, device)
-    history = fit(model, train, val, cfg.train, run_dir=out, resume=resume)
+    squeezed = None
+    if cfg.csgd.squeeze_to > 0:  # C-SGD "train wider, then squeeze": centripetal training, then trim
+        from ..methods.csgd_run import squeeze_run
+
+        squeezed = squeeze_run(cfg, model, splits, train, val, out, resume=resume)
+        history = squeezed.history
+    else:
+        history = fit(model, train, val, cfg.train, run_dir=out, resume=resume)
     final_val = evaluate(model, val, device)
     summary: dict[str, Any] = {
         "model": cfg.model,
@@ -76,6 +83,8 @@ def run_training(cfg: RunConfig, *, resume: bool = False, download: bool = False
         "epochs": len(history),
         "epoch_time_s_median": sorted(r["epoch_time_s"] for r in history)[len(history) // 2] if history else None,
     }
+    if squeezed is not None:
+        summary["csgd"] = {**squeezed.summary(), "report": squeezed.report.to_dict()}
     if test is not None:  # reported only; nothing is chosen on it
         final_test = evaluate(model, test, device)
         summary.update(test_acc=final_test["acc"], test_loss=final_test["loss"],

@@ -68,16 +68,43 @@ def run_prune(cfg: PruneRunConfig, *, download: bool = False) -> dict[str, Any]:
                 fit(net, train, val, step_cfg)
 
         p = cfg.prune
-        report = prune(
-            model, x, criterion=p.criterion, target_macs=p.target_macs, target_params=p.target_params,
-            ratio=p.ratio, data=train, steps=p.steps, finetune=step_ft, min_channels=p.min_channels,
-            round_to=p.round_to, global_ranking=p.global_ranking, check=p.check,
-            num_batches=p.num_batches, seed=p.seed, criterion_kwargs=p.criterion_kwargs() or None,
-        )
+        iterations = None
+        csgd = None
+        if p.criterion == "csgd":  # a training-time method: the fine-tune epochs are its centripetal training
+            from ..methods.csgd_run import csgd_prune_config
+
+            csgd = csgd_prune_config(p, model, x, train, val, ft, work / "centripetal")
+            report = csgd.report
+        elif p.step_ratio is not None:  # PLS+VIP's schedule: fixed fraction per step (workflows/pls_iterate.py)
+            from .pls_iterate import run_iterative
+
+            report, iterations = run_iterative(cfg, model, x, splits, train, val,
+                                               lambda net: _accuracies(net, val, test, device))
+        else:
+            steps, extra = p.steps, {}
+            if p.criterion.startswith("car"):  # accuracy drops share one unit: rank them unnormalised
+                extra["normalize"] = "none"
+                k = p.criterion_kwargs().get("k")
+                if k and p.steps == 1:  # greedy CAR: about k filters per step (criteria/car_greedy.py)
+                    from ..criteria.car_greedy import steps_for_k
+
+                    steps = steps_for_k(model, x, k, target_macs=p.target_macs, target_params=p.target_params,
+                                        ratio=p.ratio, min_channels=p.min_channels, round_to=p.round_to,
+                                        global_ranking=p.global_ranking)
+                    logger.info("CAR: k=%d filters per step -> %d steps", k, steps)
+            report = prune(
+                model, x, criterion=p.criterion, target_macs=p.target_macs, target_params=p.target_params,
+                ratio=p.ratio, data=train, steps=steps, finetune=step_ft, min_channels=p.min_channels,
+                round_to=p.round_to, global_ranking=p.global_ranking, check=p.check,
+                num_batches=p.num_batches, seed=p.seed, criterion_kwargs=p.criterion_kwargs() or None, **extra,
+            )
         pruned = _accuracies(model, val, test, device)
         logger.info("after pruning: %s", pruned)
-        history = fit(model, train, val, ft, run_dir=work / "finetune") if ft.epochs > 0 else []
-        final = _accuracies(model, val, test, device)
+        if csgd is not None:  # trimmed after centripetal training: nothing to fine-tune
+            history, final = csgd.history, pruned
+        else:
+            history = fit(model, train, val, ft, run_dir=work / "finetune") if ft.epochs > 0 else []
+            final = _accuracies(model, val, test, device)
         macs, params = count(model, x)
         latency = measure_latency(model, x[:1].shape, device=device)
         summary = {
@@ -94,6 +121,10 @@ def run_prune(cfg: PruneRunConfig, *, download: bool = False) -> dict[str, Any]:
             "report": report.to_dict(),
             "config": to_dict(cfg),
         }
+        if iterations is not None:
+            summary["iterations"] = iterations
+        if csgd is not None:
+            summary["csgd"] = csgd.summary()
         save(model, work / "model.safetensors", meta={"summary": {k: summary[k] for k in ("base", "pruned", "finetuned")}})
         (work / "summary.json").write_text(json.dumps(summary, indent=2))
         if out.exists():
