@@ -1,0 +1,347 @@
+"""C-SGD end to end: cluster, train centripetally with the project's one loop, trim.
+
+* :func:`csgd_prune`: a trained model to a MACs/params/channel-ratio target (``filterprune prune
+  --criterion csgd``). The per-group widths come from the engine's selection (rank with a criterion,
+  keep the counts); the training budget is spent as centripetal training; no fine-tuning follows.
+* :func:`squeeze`: C-SGD's "train wider, then squeeze" (``filterprune train --width-mult 1.5
+  --csgd-squeeze-to 1.0``): train a widened model with one cluster per channel of the original widths,
+  then trim it to exactly the original architecture.
+
+Provenance: Ding et al., CVPR 2019, arXiv 1904.03837; journal arXiv 2107.14444 (the squeeze).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..api import PruneReport, StepRecord, conv_widths
+from ..config import TrainConfig, parse_options
+from ..errors import PruningError
+from ..graph.trace import Inputs, map_tensors, trace_groups
+from ..metrics import count
+from ..selection import SelectOptions
+from ..train.loop import fit
+from ..types import PathLike
+from ._clusters import CLUSTERINGS, Clusters, cluster_groups, load_clusters, save_clusters, target_widths
+from ._permute import align_shortcuts
+from ._trim import KEEP, TrimResult, _outputs, trim
+from .csgd import CentripetalSGD, predicted_decay
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CSGDOptions:
+    """C-SGD knobs (``--criterion-options`` / ``--csgd-options`` take them as ``key=value,...``).
+
+    Attributes:
+        centripetal: eps, the centripetal strength on kernels; pick it with
+            :func:`~filterprune.methods.predicted_decay` for the schedule at hand.
+        clustering: ``kmeans`` (seeded, on all producer kernels of a group) or ``even``.
+        keep: the trimmed channel is the cluster ``mean`` or the ``first`` member.
+        vector_ratio: BN gamma/beta and biases get ``vector_ratio * centripetal``.
+        include_bn: k-means also sees BN gamma/beta.
+        width_criterion: the criterion whose global/layer-wise ranking sets the widths for a target.
+        max_deviation: refuse to trim above this relative intra-cluster deviation.
+        force: trim even above ``max_deviation``.
+        n_init: k-means restarts.
+    """
+
+    centripetal: float = 3e-3
+    clustering: str = "kmeans"
+    keep: str = "mean"
+    vector_ratio: float = 0.1
+    include_bn: bool = False
+    width_criterion: str = "l1"
+    max_deviation: float = 1e-3
+    force: bool = False
+    n_init: int = 10
+
+    def __post_init__(self) -> None:
+        if self.clustering not in CLUSTERINGS:
+            raise ValueError(f"C-SGD clustering must be one of {', '.join(CLUSTERINGS)}, got {self.clustering!r}")
+        if self.keep not in KEEP:
+            raise ValueError(f"C-SGD keep must be one of {', '.join(KEEP)}, got {self.keep!r}")
+        if self.centripetal < 0 or self.vector_ratio < 0 or self.max_deviation < 0 or self.n_init < 1:
+            raise ValueError("C-SGD centripetal, vector_ratio, max_deviation must be >= 0 and n_init >= 1")
+
+    @classmethod
+    def from_kwargs(cls, kwargs: Mapping[str, Any] | None) -> CSGDOptions:
+        """Build from ``key=value`` options, refusing unknown keys.
+
+        >>> CSGDOptions.from_kwargs({"centripetal": 0.1}).centripetal
+        0.1
+        """
+        known = {f.name: f.type for f in dataclasses.fields(cls)}
+        unknown = sorted(set(kwargs or {}) - set(known))
+        if unknown:
+            raise ValueError(f"unknown C-SGD option(s) {', '.join(unknown)}; known: {', '.join(known)}")
+        values = dict(kwargs or {})
+        for k in ("centripetal", "vector_ratio", "max_deviation"):
+            if k in values and isinstance(values[k], int) and not isinstance(values[k], bool):
+                values[k] = float(values[k])
+        for k, v in values.items():
+            default = getattr(cls, k)
+            if not isinstance(v, type(default)) or isinstance(v, bool) != isinstance(default, bool):
+                raise ValueError(f"C-SGD option {k} must be {type(default).__name__}, got {v!r}")
+        return cls(**values)
+
+
+@dataclass
+class CSGDResult:
+    """The outcome of :func:`csgd_prune` / :func:`squeeze`.
+
+    Attributes:
+        report: widths, MACs and params before/after, as for criterion pruning (``max_error`` is the
+            output change at trimming).
+        trim: what trimming did (plan, deviation before it, output change).
+        clusters: the clusters trained.
+        history: per-epoch training records (deviation included).
+    """
+
+    report: PruneReport
+    trim: TrimResult
+    clusters: Clusters
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-able facts for ``summary.json``."""
+        last = self.history[-1] if self.history else {}
+        return {
+            "epochs": len(self.history),
+            "trim_logit_diff": self.trim.logit_diff,
+            "deviation_before_trim": dataclasses.asdict(self.trim.deviation),
+            "val_acc_before_trim": last.get("val_acc"),
+            "clusters": {gid: len(cl) for gid, cl in self.clusters.items()},
+        }
+
+
+def _first_batch(loader: Iterable | None, limit: int = 100) -> torch.Tensor | None:
+    if loader is None:
+        return None
+    for x, _ in loader:
+        return x[:limit]
+    return None
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def _train_and_trim(model, groups, clusters, train_loader, val_loader, cfg, opts, run_dir, resume, probe):
+    hook = CentripetalSGD(model, groups, clusters, centripetal=opts.centripetal, weight_decay=cfg.weight_decay,
+                          vector_ratio=opts.vector_ratio)
+    steps = len(train_loader) if hasattr(train_loader, "__len__") else 0
+    if steps:
+        factors = [predicted_decay(cfg, steps, hook.weight_decay + hook.centripetal),
+                   predicted_decay(cfg, steps, hook.vector_decay + hook.vector_ratio * hook.centripetal)]
+        logger.info("C-SGD: this recipe shrinks the deviation by x%.3g (kernels), x%.3g (vectors)", *factors)
+        if max(factors) > opts.max_deviation and not opts.force:
+            logger.warning("C-SGD: the deviation will shrink only by x%.3g over %d epochs; trimming will likely be "
+                           "refused (raise centripetal or vector_ratio)", max(factors), cfg.epochs)
+    history = fit(model, train_loader, val_loader, cfg, run_dir=run_dir, hooks=[hook], resume=resume)
+    if probe is not None:
+        probe = probe.to(_device_of(model))
+    result = trim(model, groups, clusters, example_inputs=probe, keep=opts.keep,
+                  max_deviation=opts.max_deviation, force=opts.force)
+    return history, result
+
+
+def _on_model_device(model: nn.Module, inputs: Inputs) -> Inputs:
+    device = _device_of(model)
+    return map_tensors(inputs, lambda t: t.to(device))
+
+
+def csgd_prune(
+    model: nn.Module,
+    example_inputs: Inputs,
+    train_loader: Any,
+    val_loader: Iterable | None,
+    cfg: TrainConfig,
+    *,
+    target_macs: float | None = None,
+    target_params: float | None = None,
+    ratio: float | None = None,
+    global_ranking: bool = True,
+    min_channels: int = 1,
+    round_to: int = 1,
+    seed: int = 0,
+    options: CSGDOptions | None = None,
+    run_dir: PathLike | None = None,
+) -> CSGDResult:
+    """Prune ``model`` in place with C-SGD: cluster to the target widths, train ``cfg``, trim.
+
+    Args:
+        model: a trained network.
+        example_inputs: a batch the model accepts (tracing, counting).
+        train_loader: ``(x, y)`` batches for the centripetal training (and a data-driven width criterion).
+        val_loader: evaluated after every epoch; its first batch measures the output change at trimming.
+        cfg: the training recipe; its ``weight_decay`` is eta inside the decay matrix.
+        target_macs: fraction of MACs to remove.
+        target_params: fraction of parameters to remove.
+        ratio: fraction of channels to remove. Give exactly one target.
+        global_ranking: widths from a global ranking; ``False``: the same fraction in every group.
+        min_channels: every group keeps at least this many channels.
+        round_to: kept counts are multiples of this.
+        seed: k-means and criterion seed.
+        options: C-SGD options.
+        run_dir: ``metrics.jsonl``, checkpoints and ``clusters.json`` go here.
+
+    Raises:
+        ValueError: bad targets or options.
+        PruningError: the target is unreachable, the clusters did not collapse, or the model holds a
+            layer C-SGD cannot fold.
+    """
+    opts = options or CSGDOptions()
+    select_opts = SelectOptions(target_macs=target_macs, target_params=target_params, ratio=ratio,
+                                global_ranking=global_ranking, min_channels=min_channels, round_to=round_to)
+    groups = trace_groups(model, example_inputs)
+    macs_before, params_before = count(model, example_inputs)
+    widths_before = conv_widths(model)
+    widths = target_widths(model, example_inputs, groups, select_opts, criterion=opts.width_criterion,
+                           data=train_loader, seed=seed)
+    clusters = cluster_groups(model, groups, widths, method=opts.clustering, seed=seed,
+                              include_bn=opts.include_bn, n_init=opts.n_init)
+    if run_dir is not None:
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+        save_clusters(clusters, Path(run_dir) / "clusters.json")
+    history, result = _train_and_trim(model, groups, clusters, train_loader, val_loader, cfg, opts, run_dir,
+                                      False, _first_batch(val_loader))
+    macs, params = count(model, _on_model_device(model, example_inputs))
+    name, target = select_opts.target
+    report = PruneReport(
+        criterion="csgd", target_name=name, target=target, macs_before=int(macs_before), macs_after=int(macs),
+        params_before=int(params_before), params_after=int(params), widths_before=widths_before,
+        widths_after=conv_widths(model),
+        steps=(StepRecord(1, target, result.plan.num_removed(), int(macs), int(params), result.logit_diff),),
+        max_error=result.logit_diff,
+    )
+    return CSGDResult(report, result, clusters, history)
+
+
+def squeeze(
+    model: nn.Module,
+    reference: nn.Module,
+    example_inputs: Inputs,
+    train_loader: Any,
+    val_loader: Iterable | None,
+    cfg: TrainConfig,
+    *,
+    seed: int = 0,
+    options: CSGDOptions | None = None,
+    run_dir: PathLike | None = None,
+    resume: bool = False,
+) -> CSGDResult:
+    """Train the wide ``model`` with C-SGD towards ``reference``'s widths, then trim it to them.
+
+    Every group of ``model`` gets as many clusters as the same group (same root layer name) has
+    channels in ``reference``. Afterwards the parameter shapes of ``model`` equal ``reference``'s, its
+    channels are reordered so that option-A shortcut buffers equal ``reference``'s too
+    (:func:`~filterprune.methods._permute.align_shortcuts`), and ``model.filterprune_cfg`` is
+    ``reference``'s: the result saves and loads as a plain ``reference``.
+
+    Args:
+        model: the widened network (e.g. ``create_model("resnet20", width_mult=1.5)``), trained in place.
+        reference: an instance of the target architecture (its weights are not used).
+        example_inputs: a batch both accept.
+        train_loader: training batches.
+        val_loader: validation batches (first batch: output change at trimming).
+        cfg: the training recipe.
+        seed: k-means seed.
+        options: C-SGD options.
+        run_dir: training outputs and ``clusters.json`` (reused on ``resume``).
+        resume: continue training from ``run_dir`` with its saved clusters.
+
+    Raises:
+        PruningError: the two models' groups differ, a shortcut forces other widths, or the clusters
+            did not collapse.
+    """
+    opts = options or CSGDOptions()
+    groups = trace_groups(model, example_inputs)
+    ref_sizes = {g.id: g.size for g in trace_groups(reference, example_inputs, probe=False)}
+    if set(ref_sizes) != {g.id for g in groups}:
+        raise PruningError("squeeze: the wide model and the reference have different channel groups")
+    macs_before, params_before = count(model, example_inputs)
+    widths_before = conv_widths(model)
+    saved = Path(run_dir) / "clusters.json" if run_dir is not None else None
+    if resume and saved is not None and saved.exists():
+        clusters = load_clusters(saved)
+    else:
+        widths = {g.id: ref_sizes[g.id] for g in groups if g.prunable}
+        clusters = cluster_groups(model, groups, widths, method=opts.clustering, seed=seed,
+                                  include_bn=opts.include_bn, n_init=opts.n_init)
+        if saved is not None:
+            saved.parent.mkdir(parents=True, exist_ok=True)
+            save_clusters(clusters, saved)
+    history, result = _train_and_trim(model, groups, clusters, train_loader, val_loader, cfg, opts, run_dir,
+                                      resume, _first_batch(val_loader))
+    x = _on_model_device(model, example_inputs)
+    before = _outputs(model, x)
+    align_shortcuts(model, reference, trace_groups(model, x, probe=False))
+    if not torch.allclose(_outputs(model, x), before, rtol=1e-4, atol=1e-5 * float(before.abs().max())):
+        raise PruningError("squeeze: reordering channels to match the reference changed the outputs")
+    got = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    want = {k: tuple(v.shape) for k, v in reference.state_dict().items()}
+    if got != want:
+        bad = next(k for k in sorted(set(got) | set(want)) if got.get(k) != want.get(k))
+        raise PruningError(f"squeeze: the trimmed model does not match the reference ({bad}: "
+                           f"{got.get(bad)} vs {want.get(bad)})")
+    if hasattr(reference, "filterprune_cfg"):
+        model.filterprune_cfg = dict(reference.filterprune_cfg)
+    macs, params = count(model, _on_model_device(model, example_inputs))
+    report = PruneReport(
+        criterion="csgd", target_name="squeeze", target=0.0, macs_before=int(macs_before), macs_after=int(macs),
+        params_before=int(params_before), params_after=int(params), widths_before=widths_before,
+        widths_after=conv_widths(model),
+        steps=(StepRecord(1, 0.0, result.plan.num_removed(), int(macs), int(params), result.logit_diff),),
+        max_error=result.logit_diff,
+    )
+    return CSGDResult(report, result, clusters, history)
+
+
+def csgd_prune_config(prune_cfg, model: nn.Module, example_inputs: Inputs, train_loader: Any,
+                      val_loader: Iterable | None, cfg: TrainConfig, run_dir: PathLike | None) -> CSGDResult:
+    """:func:`csgd_prune` driven by a :class:`~filterprune.config.PruneConfig` (``--criterion csgd``).
+
+    Raises:
+        ValueError: multi-step or iterative requests (C-SGD prunes in one round), or bad options.
+    """
+    if prune_cfg.steps != 1 or getattr(prune_cfg, "step_ratio", None) is not None:
+        raise ValueError("C-SGD prunes in one round: leave --steps at 1 and --step-ratio unset")
+    return csgd_prune(
+        model, example_inputs, train_loader, val_loader, cfg, target_macs=prune_cfg.target_macs,
+        target_params=prune_cfg.target_params, ratio=prune_cfg.ratio, global_ranking=prune_cfg.global_ranking,
+        min_channels=prune_cfg.min_channels, round_to=prune_cfg.round_to, seed=prune_cfg.seed,
+        options=CSGDOptions.from_kwargs(prune_cfg.criterion_kwargs()), run_dir=run_dir,
+    )
+
+
+def squeeze_run(run_cfg, model: nn.Module, splits, train_loader: Any, val_loader: Iterable | None,
+                run_dir: PathLike, resume: bool = False) -> CSGDResult:
+    """:func:`squeeze` for ``filterprune train`` (a :class:`~filterprune.config.RunConfig` with
+    ``csgd.squeeze_to`` set): the reference is ``run_cfg.model`` at width ``squeeze_to``.
+
+    Raises:
+        ValueError: ``squeeze_to`` is not below ``width_mult``, or bad options.
+    """
+    from ..train.run import build_model
+    from ..workflows.common import example_input
+
+    target = run_cfg.csgd.squeeze_to
+    if not 0 < target < run_cfg.width_mult:
+        raise ValueError(f"csgd.squeeze_to ({target:g}) must lie between 0 and width_mult ({run_cfg.width_mult:g})")
+    options = CSGDOptions.from_kwargs(parse_options(run_cfg.csgd.options))
+    narrow = dataclasses.replace(run_cfg, width_mult=target, pretrained="", csgd=dataclasses.replace(run_cfg.csgd, squeeze_to=0.0))
+    reference = build_model(narrow, splits)
+    x = example_input(splits.train).to(_device_of(model))
+    return squeeze(model, reference, x, train_loader, val_loader, run_cfg.train, seed=run_cfg.train.seed,
+                   options=options, run_dir=run_dir, resume=resume)

@@ -1,0 +1,169 @@
+"""PLS+VIP: the PLS2/VIP numbers against scikit-learn, the features against a hand forward pass, sampling."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from criteria_nets import member, two_conv
+from sklearn.cross_decomposition import PLSRegression
+
+from filterprune.criteria import ScoringContext, create_criterion
+from filterprune.criteria._features import Block, collect_pooled
+from filterprune.criteria._pls import pls2, vip
+from filterprune.graph import ChannelGroup
+from filterprune.graph.trace import trace_groups
+from models_zoo import build
+
+
+def sklearn_vip(x: np.ndarray, y: np.ndarray, n_components: int = 2, **kw) -> np.ndarray:
+    """VIP from sklearn's fitted PLSRegression, written as the reference code's ``VIPPruning.vip``."""
+    pls = PLSRegression(n_components=n_components, scale=True, **kw).fit(x, y)
+    t, w, q = pls.x_scores_, pls.x_weights_, pls.y_loadings_
+    f, h = w.shape
+    s = np.diag(t.T @ t @ q.T @ q).reshape(h, -1)  # s_a = (t_a't_a)(q_a'q_a)
+    return np.sqrt(f * (np.square(w / np.linalg.norm(w, axis=0)) @ s).ravel() / s.sum())
+
+
+def random_problem(n: int = 120, f: int = 25, k: int = 4, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, k, n)
+    x = rng.normal(size=(n, f)) * rng.uniform(0.1, 10, size=f) + rng.normal(size=f) * 5  # unequal scales
+    x[:, :4] = rng.normal(size=(k, 4))[labels] * 3 + rng.normal(size=(n, 4)) * 0.5  # informative columns
+    x[:, 6] = 3.0  # a dead filter: constant column
+    return x, np.eye(k)[labels]
+
+
+def test_vip_matches_sklearn_pls_regression():
+    x, y = random_problem()
+    ours = vip(pls2(torch.from_numpy(x), torch.from_numpy(y), 2)).numpy()
+    # sklearn's NIPALS stops at ||dw||^2 < tol (1e-6): equal to ~1e-3 by default, to ~1e-6 when tight
+    np.testing.assert_allclose(ours, sklearn_vip(x, y), atol=5e-3)
+    np.testing.assert_allclose(ours, sklearn_vip(x, y, tol=1e-15, max_iter=10_000), rtol=1e-5, atol=1e-6)
+    ours32 = vip(pls2(torch.from_numpy(x).float(), torch.from_numpy(y), 2)).numpy()  # float32 features
+    np.testing.assert_allclose(ours32, ours, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("h", [1, 2, 3])
+def test_pls_factors_match_sklearn_and_vip_squares_sum_to_f(h):
+    x, y = random_problem(seed=h)
+    fit = pls2(torch.from_numpy(x), torch.from_numpy(y), h)
+    ref = PLSRegression(n_components=h, scale=True, tol=1e-15, max_iter=10_000).fit(x, y)
+    np.testing.assert_allclose(fit.x_weights.numpy(), ref.x_weights_, atol=1e-5)  # same sign convention
+    np.testing.assert_allclose(fit.x_scores.numpy(), ref.x_scores_, atol=1e-4)
+    np.testing.assert_allclose(fit.y_loadings.numpy(), ref.y_loadings_, atol=1e-5)
+    v = vip(fit)
+    assert float(v.square().sum()) == pytest.approx(x.shape[1], rel=1e-10)  # sum VIP^2 = F
+    assert float(v[6]) == 0.0  # constant column: std 1 after centring -> zero weight
+    assert torch.argsort(v, descending=True)[:4].sort().values.tolist() == [0, 1, 2, 3]
+
+
+def test_pls_does_not_touch_its_input_unless_asked():
+    x, y = (torch.from_numpy(a) for a in random_problem())
+    before = x.clone()
+    pls2(x, y)
+    assert torch.equal(x, before)
+    pls2(x, y, overwrite_x=True)
+    torch.testing.assert_close(x.mean(0), torch.zeros(x.shape[1], dtype=x.dtype), atol=1e-12, rtol=0)
+
+
+def test_pls_degenerate_inputs_give_uniform_vip():
+    x = torch.ones(10, 5, dtype=torch.float64)  # nothing varies
+    y = F.one_hot(torch.arange(10) % 2).double()
+    assert torch.equal(vip(pls2(x, y)), torch.ones(5, dtype=torch.float64))
+    with pytest.raises(ValueError, match="same N"):
+        pls2(torch.zeros(4, 3), torch.zeros(5, 2))
+
+
+# ---- the criterion on the hand-described 2-conv net ---------------------------------------------
+
+
+def labelled_batches(n: int = 4, size: int = 10, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(size, 3, 8, 8, generator=g), torch.randint(0, 5, (size,), generator=g)) for _ in range(n)]
+
+
+def hand_features(model, data, pooling="max", position="pre_bn") -> tuple[np.ndarray, np.ndarray]:
+    """Pooled conv1 and conv2 outputs by an explicit forward pass (no hooks), and one-hot labels (10 classes)."""
+    pool = (lambda t: t.amax((2, 3))) if pooling == "max" else (lambda t: t.mean((2, 3)))
+    rows, labels = [], []
+    with torch.no_grad():
+        for x, y in data:
+            c1 = model.conv1(x)
+            a1 = F.relu(model.bn1(c1))
+            c2 = model.conv2(a1)
+            feats = (c1, c2) if position == "pre_bn" else (a1, F.relu(model.bn2(c2)))
+            rows.append(torch.cat([pool(t) for t in feats], 1))
+            labels.append(y)
+    y = torch.cat(labels)
+    return torch.cat(rows).double().numpy(), F.one_hot(y, 10).double().numpy()
+
+
+@pytest.mark.parametrize("pooling,position", [("max", "pre_bn"), ("avg", "post_act")])
+def test_criterion_equals_sklearn_on_hand_features(pooling, position):
+    model, x, groups = two_conv()
+    data = labelled_batches()
+    scores = create_criterion("pls-vip", pooling=pooling, position=position).score(
+        ScoringContext(model, x, groups, data=data))
+    feats, onehot = hand_features(model, data, pooling, position)
+    ref = sklearn_vip(feats, onehot, tol=1e-15, max_iter=10_000)
+    torch.testing.assert_close(scores["conv1"], torch.from_numpy(ref[:4]).float(), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(scores["conv2"], torch.from_numpy(ref[4:]).float(), rtol=1e-4, atol=1e-5)
+
+
+def test_tied_channels_average_their_producers_vips():
+    model, x, _ = two_conv()
+    # conv1 and conv2's first 4 filters tied by a residual add: 4 channels, 8 columns
+    tied = [ChannelGroup("conv1", 4, (member("conv1", "out", "Conv2d", 4), member("bn1", "out", "BatchNorm2d", 4),
+                                      member("conv2", "out", "Conv2d", 4), member("bn2", "out", "BatchNorm2d", 4)))]
+    data = labelled_batches()
+    feats, onehot = hand_features(model, data)
+    ref = torch.from_numpy(sklearn_vip(feats[:, :8], onehot, tol=1e-15, max_iter=10_000)).float()
+    for reduce, expected in (("mean", (ref[:4] + ref[4:]) / 2), ("max", torch.maximum(ref[:4], ref[4:]))):
+        s = create_criterion("pls-vip", reduce=reduce).score(ScoringContext(model, x, tied, data=data))["conv1"]
+        torch.testing.assert_close(s, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_scoring_leaves_the_model_as_it_was():
+    model, x = build("residual")
+    model.train()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    groups = trace_groups(model, x)
+    scores = create_criterion("pls-vip", samples=12).score(ScoringContext(model, x, groups, data=labelled_batches()))
+    assert set(scores) == {g.id for g in groups if g.prunable}
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
+    assert all(m.training for m in model.modules())
+    assert not any(m._forward_hooks for m in model.modules())
+
+
+def test_samples_are_class_stratified_and_stop_reading_early():
+    model, _, _ = two_conv()
+    labels = torch.tensor([0] * 12 + [1] * 4 + [2] * 8 + [0, 1, 2] * 8)  # class 0 comes first
+    data = [(torch.randn(4, 3, 8, 8), labels[i:i + 4]) for i in range(0, len(labels), 4)]
+    read = []
+
+    def stream():
+        for i, batch in enumerate(data):
+            read.append(i)
+            yield batch
+
+    xmat, y = collect_pooled(model, stream(), [Block("conv1", (0, 1, 2, 3))], samples=9, num_classes=3)
+    assert xmat.shape == (9, 4) and xmat.dtype == torch.float32
+    assert torch.bincount(y, minlength=3).tolist() == [3, 3, 3]
+    assert len(read) < len(data)
+    # every image, sized from len(data)
+    xall, yall = collect_pooled(model, data, [Block("conv2", (5, 0))], pooling="avg")
+    assert xall.shape == (len(labels), 2) and torch.equal(yall, labels)
+    with torch.no_grad():
+        out = model.conv2(F.relu(model.bn1(model.conv1(data[0][0]))))
+    torch.testing.assert_close(xall[:4], out.mean((2, 3))[:, [5, 0]])
+
+
+@pytest.mark.parametrize("kwargs,needle", [
+    ({"pooling": "median"}, "pooling"), ({"position": "after"}, "position"), ({"n_components": 0}, "n_components"),
+    ({"samples": 0}, "samples"), ({"reduce": "sum"}, "reduce"), ({"p": 0.1}, "unexpected keyword"),
+])
+def test_bad_options_raise_value_error(kwargs, needle):
+    with pytest.raises(ValueError, match=needle):
+        create_criterion("pls-vip", **kwargs)
