@@ -1,0 +1,57 @@
+"""CPU latency of the base and pruned ResNet-20s measured side by side in one run (interleaved rounds),
+so that machine noise hits every model alike.
+
+Command (from the repository root):
+    python benchmarks/latency_side_by_side.py
+
+Writes benchmarks/results/latency_resnet20.json: per model and batch size, the median over rounds of
+each round's median latency, and the speed-up against the base next to the MACs ratio.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+from filterprune.api import load
+from filterprune.metrics import count, measure_latency
+from filterprune.utils.env import environment
+
+MODELS = {
+    "base": "benchmarks/weights/resnet20_cifar10jpeg_base.safetensors",
+    "l1": "benchmarks/weights/resnet20_l1_macs50.safetensors",
+    "random": "benchmarks/weights/resnet20_random_macs50.safetensors",
+}
+
+
+def main(rounds: int = 5) -> int:
+    x = torch.randn(1, 3, 32, 32)
+    nets = {name: load(path).eval() for name, path in MODELS.items()}
+    per = {name: {"1": [], "64": []} for name in nets}
+    for _ in range(rounds):
+        for name, net in nets.items():
+            r = measure_latency(net, x.shape, batch_sizes=(1, 64), warmup=5, repeats=20)
+            for b in ("1", "64"):
+                per[name][b].append(r[b]["median_ms"])
+    base_macs = count(nets["base"], x)[0]
+    rows = {}
+    for name, net in nets.items():
+        macs = count(net, x)[0]
+        med = {b: statistics.median(v) for b, v in per[name].items()}
+        rows[name] = {"macs": macs, "macs_ratio": macs / base_macs, "median_ms": med, "round_medians_ms": per[name],
+                      "speedup_vs_base": {b: statistics.median(per["base"][b]) / med[b] for b in med},
+                      "macs_speedup": base_macs / macs}
+        print(f"{name:7s} MACs x{macs / base_macs:.3f}  b=1 {med['1']:.2f} ms  b=64 {med['64']:.1f} ms  "
+              f"speed-up b=1 {rows[name]['speedup_vs_base']['1']:.2f}x b=64 {rows[name]['speedup_vs_base']['64']:.2f}x")
+    out = {"command": "python benchmarks/latency_side_by_side.py", "rounds": rounds, "threads": torch.get_num_threads(),
+           "models": MODELS, "results": rows, "env": environment()}
+    Path("benchmarks/results/latency_resnet20.json").write_text(json.dumps(out, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
