@@ -15,7 +15,7 @@ For each evaluation-set size (training images, a seeded random subset, no augmen
 On a shared CPU the load changes while the benchmark runs, so a forward timed once at the start can be
 off. Every naive evaluation is also one full forward, timed right after the fast run, so the result
 also gives ``forward_s_naive`` (naive seconds / evaluations, the base one included) and the floor and
-``fast/floor`` recomputed with it (``--derive-only FILE`` adds these fields to an existing result).
+``fast/floor`` recomputed with it; ``forward_s_end`` re-times the full forward at the end.
 
 Run (from the repository root)::
 
@@ -105,9 +105,10 @@ def run_size(model, x, groups, train, n: int, args) -> dict:
         pos[g.id] += 1
         mism_acc += int(float(naive.drop[g.id][i]) != float(fast.drop[g.id][c]))
         max_dloss = max(max_dloss, abs(float(naive.delta_loss[g.id][i]) - float(fast.delta_loss[g.id][c])))
+    fwd_end = time_forward(model, batches, args.repeats)
     return {
         "eval_images": n, "batch_size": args.batch_size, "filters": n_filters,
-        "forward_s": fwd, "floor_s": floor, "floor_in_forwards": floor / fwd,
+        "forward_s": fwd, "forward_s_end": fwd_end, "floor_s": floor, "floor_in_forwards": floor / fwd,
         "fast_s": fast_s, "naive_s": naive_s,
         "naive_measured": {"filters": len(picks), "seconds": naive_measured,
                            "extrapolated": bool(args.naive_per_group)},
@@ -128,6 +129,24 @@ def derive(r: dict) -> dict:
     return r
 
 
+def write(args, results: list[dict], complete: bool) -> None:
+    out = {
+        "benchmark": "CAR scoring of every prunable filter, ResNet-20 base, CIFAR-10 (JPEG copy) training images",
+        "command": "PYTHONPATH=src python benchmarks/car_scoring.py " + " ".join(
+            f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
+            for k, v in vars(args).items() if k not in ("weights", "data", "out")),
+        "complete": complete,
+        "weights": os.path.relpath(args.weights, ROOT), "torch": torch.__version__,
+        "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
+        "loadavg_at_end": os.getloadavg(),
+        "note": ("shared 2-core CPU with other jobs running: absolute times are noisy; the ratios come "
+                 "from measurements taken back to back in one process"),
+        "results": results,
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=1))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--weights", default=str(ROOT / "benchmarks/weights/resnet20_cifar10jpeg_base.safetensors"))
@@ -139,14 +158,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(ROOT / "benchmarks/results/car_scoring_resnet20.json"))
-    p.add_argument("--derive-only", help="add the derived fields to this existing result file, then exit")
     args = p.parse_args()
-    if args.derive_only:
-        data = json.loads(Path(args.derive_only).read_text())
-        data["results"] = [derive(r) for r in data["results"]]
-        data["derived_by"] = f"PYTHONPATH=src python benchmarks/car_scoring.py --derive-only {args.derive_only}"
-        Path(args.derive_only).write_text(json.dumps(data, indent=1))
-        return
 
     model = load(args.weights).eval()
     train = load_data(args.data).train
@@ -156,20 +168,7 @@ def main() -> None:
     for n in args.eval_images:
         results.append(derive(run_size(model, x, groups, train, n, args)))
         print(json.dumps({k: v for k, v in results[-1].items() if k != "floor_fraction_per_group"}), flush=True)
-    out = {
-        "benchmark": "CAR scoring of every prunable filter, ResNet-20 base, CIFAR-10 (JPEG copy) training images",
-        "command": "PYTHONPATH=src python benchmarks/car_scoring.py " + " ".join(
-            f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
-            for k, v in vars(args).items() if k not in ("weights", "data", "out", "derive_only")),
-        "weights": os.path.relpath(args.weights, ROOT), "torch": torch.__version__,
-        "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
-        "loadavg_at_end": os.getloadavg(),
-        "note": ("shared 2-core CPU with other jobs running: absolute times are noisy; the ratios come "
-                 "from measurements taken back to back in one process"),
-        "results": results,
-    }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=1))
+        write(args, results, complete=len(results) == len(args.eval_images))  # partial results survive a kill
     print(f"wrote {args.out}")
 
 

@@ -76,3 +76,18 @@ def _dotted_fields(cls: type, prefix: str = ""):
             yield from _dotted_fields(hints[f.name], f"{prefix}{f.name}.")
         else:
             yield prefix + f.name
+
+
+def add_run_args(parser: argparse.ArgumentParser, cls: type) -> None:
+    """``--config FILE``, ``--download`` and one flag per field of the run config ``cls``."""
+    parser.add_argument("--config", help="YAML run config; flags override it")
+    parser.add_argument("--download", action="store_true", help="allow downloading the dataset if it is not found")
+    add_config_args(parser, cls)
+
+
+def resolve_config(args: argparse.Namespace, cls: type[Any]) -> Any:
+    """Defaults < ``--config`` file < flags the user typed."""
+    from ..config import from_dict, load_yaml, merge
+
+    cfg = load_yaml(cls, args.config) if args.config else from_dict(cls, {})
+    return merge(cfg, overrides(args, cls))

@@ -22,24 +22,21 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..config import PruneRunConfig, from_dict, load_yaml, merge
-from ._args import add_config_args, overrides
+from ..config import PruneRunConfig
+from ._args import add_run_args, resolve_config
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("prune", help="prune a trained model and fine-tune it", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", help="YAML prune-run config; flags override it")
-    p.add_argument("--download", action="store_true", help="allow downloading the dataset if it is not found")
-    add_config_args(p, PruneRunConfig)
+    add_run_args(p, PruneRunConfig)
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..workflows.prune_run import run_prune
 
-    cfg = load_yaml(PruneRunConfig, args.config) if args.config else from_dict(PruneRunConfig, {})
-    cfg = merge(cfg, overrides(args, PruneRunConfig))
+    cfg = resolve_config(args, PruneRunConfig)
     summary = run_prune(cfg, download=args.download)
     print(summary.pop("table"))
     print(json.dumps({k: summary[k] for k in ("base", "pruned", "finetuned", "macs", "params")}, indent=2))

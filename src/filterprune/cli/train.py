@@ -11,25 +11,22 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..config import RunConfig, from_dict, load_yaml, merge
-from ._args import add_config_args, overrides
+from ..config import RunConfig
+from ._args import add_run_args, resolve_config
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("train", help="train or fine-tune a model", description=__doc__,
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--config", help="YAML run config; flags override it")
     p.add_argument("--resume", action="store_true", help="continue the run in --out after its newest checkpoint")
-    p.add_argument("--download", action="store_true", help="allow downloading the dataset if it is not found")
-    add_config_args(p, RunConfig)
+    add_run_args(p, RunConfig)
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..train.run import run_training
 
-    cfg = load_yaml(RunConfig, args.config) if args.config else from_dict(RunConfig, {})
-    cfg = merge(cfg, overrides(args, RunConfig))
+    cfg = resolve_config(args, RunConfig)
     summary = run_training(cfg, resume=args.resume, download=args.download)
     print(json.dumps({k: v for k, v in summary.items() if k not in ("config", "test_per_class_acc")}, indent=2))
     return 0
