@@ -114,7 +114,7 @@ class PLSVIP(Criterion):
         owners: list[Tensor] = []
         offset = 0
         for g in groups:
-            members = [m for m in g.members_of("out")]
+            members = g.members_of("out")
             producers = [m for m in members if isinstance(model.get_submodule(m.module), _PRODUCERS)]
             chosen, relu = producers, False
             if self.position == "post_act":
