@@ -99,9 +99,17 @@ def test_car_equals_accuracy_drop_of_physically_pruned_copies():
             torch.testing.assert_close(res.class_drop[gid][c], expected)
 
 
-@pytest.mark.parametrize("name", [*PRUNABLE, "tiny_resnet"])
+def small_vgg() -> tuple[nn.Module, torch.Tensor]:
+    """convnet_small: in-place ReLU modules and a flatten into the classifier."""
+    from filterprune.models import create_model
+
+    torch.manual_seed(0)
+    return create_model("convnet_small", in_chans=3).eval(), torch.randn(2, 3, 8, 8)
+
+
+@pytest.mark.parametrize("name", [*PRUNABLE, "tiny_resnet", "small_vgg"])
 def test_fast_equals_naive(name):
-    model, x = tiny_resnet() if name == "tiny_resnet" else build(name)
+    model, x = {"tiny_resnet": tiny_resnet, "small_vgg": small_vgg}.get(name, lambda: build(name))()
     batches = labelled(model, data(3, 12))
     ctx = ctx_for(model, x, batches)
     fast = car_analysis(ctx, max_rows=30)  # 2 channels per suffix forward: exercises batching
@@ -175,6 +183,26 @@ def test_untraceable_model_falls_back_to_naive(caplog):
         res = car_analysis(ctx_for(model, torch.randn(2, 3, 8, 8), data(2, 8)))
     assert not res.fast and "fast path unavailable" in caplog.text
     assert res.drop["conv1"].shape == (4,)
+
+
+def test_aliasing_inplace_op_falls_back_to_naive(caplog):
+    class Aliasing(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv1, self.conv2, self.fc = nn.Conv2d(3, 4, 3), nn.Conv2d(4, 4, 3), nn.Linear(8, 10)
+
+        def forward(self, x):
+            x = self.conv1(x)
+            y = self.conv2(x)
+            x.relu_()  # mutates x after conv2 read it; the later read below sees the mutation
+            return self.fc(torch.cat([x.mean((2, 3)), y.mean((2, 3))], 1))
+
+    torch.manual_seed(0)
+    model = Aliasing().eval()
+    batches = labelled(model, data(2, 8))
+    with caplog.at_level(logging.WARNING):
+        res = car_analysis(ctx_for(model, torch.randn(2, 3, 8, 8), batches))
+    assert not res.fast and "in-place op" in caplog.text
 
 
 # ---- class-wise records -----------------------------------------------------------------------------

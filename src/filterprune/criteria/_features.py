@@ -53,13 +53,12 @@ def _pool(out: Tensor, module: nn.Module, channels: Tensor, pooling: str, relu: 
     """``out`` reduced to ``(B, len(channels))``: channel dim 1 (last for Linear), the rest pooled."""
     if isinstance(module, nn.Linear):
         out = out.movedim(-1, 1)  # (B, C, ...)
-    out = out.index_select(1, channels)
     if relu:
         out = F.relu(out)
     if out.dim() > 2:
         flat = out.flatten(2)  # (B, C, positions)
-        out = flat.amax(2) if pooling == "max" else flat.mean(2)
-    return out.float()
+        out = flat.amax(2) if pooling == "max" else flat.mean(2)  # (B, C)
+    return out.index_select(1, channels).float()  # pooled first: no copy of the feature map
 
 
 def _quotas(samples: int, num_classes: int | None) -> tuple[Tensor | None, int]:
