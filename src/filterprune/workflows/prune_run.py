@@ -34,6 +34,23 @@ def _accuracies(model, val, test, device) -> dict[str, float]:
     return out
 
 
+def _car_eval_loader(splits, cfg: PruneRunConfig, device: str):
+    """CAR's evaluation set: a fixed, seeded, class-mixed subset of the training split, not augmented.
+
+    The fine-tune loader reshuffles and augments every pass, so each greedy step would otherwise score on
+    different images; the split itself can be class-ordered, so its first images are not a sample either.
+    """
+    import torch
+
+    from ..data import BatchLoader
+
+    p, ft = cfg.prune, cfg.finetune
+    n = p.criterion_kwargs().get("eval_images") or p.num_batches * ft.eval_batch_size
+    n = min(int(n), len(splits.train))
+    idx = torch.randperm(len(splits.train), generator=torch.Generator().manual_seed(p.seed))[:n]
+    return BatchLoader(splits.train.subset(idx), ft.eval_batch_size, train=False, device=pick_device(device))
+
+
 def run_prune(cfg: PruneRunConfig, *, download: bool = False) -> dict[str, Any]:
     """Prune ``cfg.model`` as ``cfg.prune`` asks, fine-tune, write ``cfg.out``; return the summary."""
     from ..api import prune, save
@@ -92,9 +109,10 @@ def run_prune(cfg: PruneRunConfig, *, download: bool = False) -> dict[str, Any]:
                                         ratio=p.ratio, min_channels=p.min_channels, round_to=p.round_to,
                                         global_ranking=p.global_ranking)
                     logger.info("CAR: k=%d filters per step -> %d steps", k, steps)
+            data = _car_eval_loader(splits, cfg, ft.device) if p.criterion.startswith("car") else train
             report = prune(
                 model, x, criterion=p.criterion, target_macs=p.target_macs, target_params=p.target_params,
-                ratio=p.ratio, data=train, steps=steps, finetune=step_ft, min_channels=p.min_channels,
+                ratio=p.ratio, data=data, steps=steps, finetune=step_ft, min_channels=p.min_channels,
                 round_to=p.round_to, global_ranking=p.global_ranking, check=p.check,
                 num_batches=p.num_batches, seed=p.seed, criterion_kwargs=p.criterion_kwargs() or None, **extra,
             )
