@@ -10,8 +10,8 @@ from filterprune.workflows.prune_run import _car_eval_loader
 
 
 def _images(loader) -> tuple[torch.Tensor, torch.Tensor]:
-    xs, ys = zip(*list(loader))
-    return torch.cat(xs), torch.cat(ys)
+    batches = list(loader)
+    return torch.cat([x for x, _ in batches]), torch.cat([y for _, y in batches])
 
 
 def test_car_eval_set_is_fixed_unaugmented_and_mixed():
