@@ -19,8 +19,10 @@ also gives ``forward_s_naive`` (naive seconds / evaluations, the base one includ
 
 Run (from the repository root)::
 
-    PYTHONPATH=src python benchmarks/car_scoring.py --eval-images 1000 2000 --naive-per-group 4 \\
+    PYTHONPATH=src python benchmarks/car_scoring.py --eval-images 1000 2000 --naive-per-group 0 8 \\
         --out benchmarks/results/car_scoring_resnet20.json
+
+(every filter's naive evaluation on 1,000 images; 8 filters per group, extrapolated, on 2,000)
 """
 
 from __future__ import annotations
@@ -70,7 +72,7 @@ def floor_fractions(model, x, groups, batches) -> dict[str, float]:
     return {g.id: sum(macs.get(m, 0) for m in engine.plan(g).modules) / total for g in groups if g.prunable}
 
 
-def run_size(model, x, groups, train, n: int, args) -> dict:
+def run_size(model, x, groups, train, n: int, per_group: int, args) -> dict:
     batches = eval_batches(train, n, args.batch_size, args.seed)
     model.eval()
     fwd = time_forward(model, batches, args.repeats)
@@ -84,9 +86,9 @@ def run_size(model, x, groups, train, n: int, args) -> dict:
     fast_s = time.perf_counter() - t
 
     n_filters = sum(g.size for g in prunable)
-    if args.naive_per_group:
+    if per_group:
         picks = [(g, c) for g in prunable
-                 for c in torch.linspace(0, g.size - 1, args.naive_per_group).round().long().unique().tolist()]
+                 for c in torch.linspace(0, g.size - 1, per_group).round().long().unique().tolist()]
     else:
         picks = [(g, c) for g in prunable for c in range(g.size)]
     with torch.no_grad():
@@ -94,7 +96,7 @@ def run_size(model, x, groups, train, n: int, args) -> dict:
         t = time.perf_counter()
         stats = engine.evaluate(picks)
         naive_measured = time.perf_counter() - t
-    naive_s = naive_measured if not args.naive_per_group else naive_measured * (n_filters + 1) / (len(picks) + 1)
+    naive_s = naive_measured if not per_group else naive_measured * (n_filters + 1) / (len(picks) + 1)
     ids = list(dict.fromkeys(g.id for g, _ in picks))
     split = [sum(1 for g, _ in picks if g.id == gid) for gid in ids]
     naive = stats_to_result("accuracy", ids, split, batches, stats, False)
@@ -111,7 +113,7 @@ def run_size(model, x, groups, train, n: int, args) -> dict:
         "forward_s": fwd, "forward_s_end": fwd_end, "floor_s": floor, "floor_in_forwards": floor / fwd,
         "fast_s": fast_s, "naive_s": naive_s,
         "naive_measured": {"filters": len(picks), "seconds": naive_measured,
-                           "extrapolated": bool(args.naive_per_group)},
+                           "extrapolated": bool(per_group)},
         "fast_over_floor": fast_s / floor, "naive_over_fast": naive_s / fast_s,
         "identical": {"filters_compared": len(picks), "accuracy_mismatches": mism_acc,
                       "max_abs_delta_loss_diff": max_dloss, "base_equal": naive.base == fast.base},
@@ -154,7 +156,8 @@ def main() -> None:
     p.add_argument("--eval-images", type=int, nargs="+", default=[1000, 2000])
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument("--max-rows", type=int, default=2048)
-    p.add_argument("--naive-per-group", type=int, default=0, help="time only N filters per group (0: all)")
+    p.add_argument("--naive-per-group", type=int, nargs="+", default=[0],
+                   help="time only N filters per group (0: all); one value, or one per --eval-images size")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(ROOT / "benchmarks/results/car_scoring_resnet20.json"))
@@ -164,9 +167,12 @@ def main() -> None:
     train = load_data(args.data).train
     x = torch.zeros(2, 3, 32, 32)
     groups = trace_groups(model, x)
+    per_group = args.naive_per_group * len(args.eval_images) if len(args.naive_per_group) == 1 else args.naive_per_group
+    if len(per_group) != len(args.eval_images):
+        p.error("--naive-per-group takes one value or one per --eval-images size")
     results = []
-    for n in args.eval_images:
-        results.append(derive(run_size(model, x, groups, train, n, args)))
+    for n, k in zip(args.eval_images, per_group, strict=True):
+        results.append(derive(run_size(model, x, groups, train, n, k, args)))
         print(json.dumps({k: v for k, v in results[-1].items() if k != "floor_fraction_per_group"}), flush=True)
         write(args, results, complete=len(results) == len(args.eval_images))  # partial results survive a kill
     print(f"wrote {args.out}")
