@@ -44,6 +44,7 @@ from filterprune.criteria.car import car_analysis, stats_to_result
 from filterprune.data import BatchLoader, load_data
 from filterprune.graph.trace import trace_groups
 from filterprune.metrics.macs import layer_table
+from filterprune.models import create_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -133,12 +134,13 @@ def derive(r: dict) -> dict:
 
 def write(args, results: list[dict], complete: bool) -> None:
     out = {
-        "benchmark": "CAR scoring of every prunable filter, ResNet-20 base, CIFAR-10 (JPEG copy) training images",
+        "benchmark": (f"CAR scoring of every prunable filter, {args.model or 'ResNet-20 base'}, "
+                      "CIFAR-10 (JPEG copy) training images"),
         "command": "PYTHONPATH=src python benchmarks/car_scoring.py " + " ".join(
             f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
-            for k, v in vars(args).items() if k not in ("weights", "data", "out")),
+            for k, v in vars(args).items() if k not in ("weights", "data", "out") and v is not None),
         "complete": complete,
-        "weights": os.path.relpath(args.weights, ROOT), "torch": torch.__version__,
+        "weights": f"{args.model} (published)" if args.model else os.path.relpath(args.weights, ROOT), "torch": torch.__version__,
         "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
         "loadavg_at_end": os.getloadavg(),
         "note": ("shared 2-core CPU with other jobs running: absolute times are noisy; the ratios come "
@@ -152,6 +154,8 @@ def write(args, results: list[dict], complete: bool) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--weights", default=str(ROOT / "benchmarks/weights/resnet20_cifar10jpeg_base.safetensors"))
+    p.add_argument("--model", default=None, help="a registered model with published weights (e.g. resnet56) "
+                   "instead of --weights")
     p.add_argument("--data", default=str(ROOT.parent / "shared/data/cifar10"))
     p.add_argument("--eval-images", type=int, nargs="+", default=[1000, 2000])
     p.add_argument("--batch-size", type=int, default=500)
@@ -163,7 +167,7 @@ def main() -> None:
     p.add_argument("--out", default=str(ROOT / "benchmarks/results/car_scoring_resnet20.json"))
     args = p.parse_args()
 
-    model = load(args.weights).eval()
+    model = (create_model(args.model, pretrained=True) if args.model else load(args.weights)).eval()
     train = load_data(args.data).train
     x = torch.zeros(2, 3, 32, 32)
     groups = trace_groups(model, x)
