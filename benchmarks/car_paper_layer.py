@@ -86,8 +86,9 @@ def main() -> None:
     ft_cfg = replace(PruneRunConfig().finetune, epochs=args.finetune_epochs, device="cpu")
     n_ft = args.finetune_images or len(splits.train)
     ft_loader = subset_loader(splits.train, n_ft, ft_cfg.batch_size, 1, train=True)
-    base_acc = evaluate(base, val)["acc"]
-    print(f"base val acc {base_acc:.2f}", flush=True)
+    test = BatchLoader(splits.test, 500, train=False)  # reported only; nothing is chosen on it
+    base_acc, base_test = evaluate(base, val)["acc"], evaluate(base, test)["acc"]
+    print(f"base val acc {base_acc:.2f}, test acc {base_test:.2f}", flush=True)
     runs = []
     for layer in args.layers:
         size = find_group(trace_groups(base, x), layer).size
@@ -96,23 +97,25 @@ def main() -> None:
             model = copy.deepcopy(base)
             plan, how = plan_by(method, model, x, layer, size // 2, eval_batches, args, seed)
             apply_plan_checked(model, trace_groups(model, x), plan, x)
-            pruned = evaluate(model, val)
+            pruned, pruned_test = evaluate(model, val), evaluate(model, test)
             t = time.perf_counter()
             fit(model, ft_loader, None, ft_cfg)
-            tuned = evaluate(model, val)
+            tuned, tuned_test = evaluate(model, val), evaluate(model, test)
             rec = {"layer": layer, "method": method, "seed": seed, "removed": next(iter(plan.prune_idxs.values())),
                    "val_acc_pruned": pruned["acc"], "val_acc_finetuned": tuned["acc"],
+                   "test_acc_pruned": pruned_test["acc"], "test_acc_finetuned": tuned_test["acc"],
                    "finetune_seconds": time.perf_counter() - t, **{k: v for k, v in how.items() if k != "order"},
                    "removal_order": how["order"]}
             runs.append(rec)
-            print(json.dumps({k: rec[k] for k in ("layer", "method", "seed", "val_acc_pruned", "val_acc_finetuned")}),
+            print(json.dumps({k: rec[k] for k in ("layer", "method", "seed", "val_acc_pruned", "val_acc_finetuned",
+                                                    "test_acc_pruned", "test_acc_finetuned")}),
                   flush=True)
     out = {
         "experiment": "half the filters of one ResNet-20 layer removed by CAR (greedy), L1 and random",
         "command": "PYTHONPATH=src python benchmarks/car_paper_layer.py " + " ".join(
             f"--{k.replace('_', '-')} {' '.join(v) if isinstance(v, list) else v}"
             for k, v in vars(args).items() if k not in ("weights", "data", "out")),
-        "base_val_acc": base_acc, "val_images": args.val_images or len(splits.val), "eval_images": args.eval_images, "k": args.k,
+        "base_val_acc": base_acc, "base_test_acc": base_test, "val_images": args.val_images or len(splits.val), "eval_images": args.eval_images, "k": args.k,
         "finetune": {"epochs": args.finetune_epochs, "images": n_ft, "lr": ft_cfg.lr, "batch_size": ft_cfg.batch_size,
                      "schedule": ft_cfg.schedule, "weight_decay": ft_cfg.weight_decay},
         "runs": runs,
