@@ -58,6 +58,9 @@ def main(argv=None) -> int:
     ap.add_argument("--epochs", type=int, default=10, help="fine-tune epochs (the protocol says 10)")
     ap.add_argument("--runs", default="runs/standard")
     ap.add_argument("--out", default="benchmarks/results/standard_comparison_resnet20")
+    ap.add_argument("--rows-from", nargs="*", default=[],
+                    help="result files of schedules run by their own script, merged by their 'row' "
+                         "(benchmarks/pls_vip_standard.py)")
     ap.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more flags for filterprune prune")
     args = ap.parse_args(argv)
     out = Path(args.out)
@@ -72,6 +75,10 @@ def main(argv=None) -> int:
         results = [r for r in results if r["criterion"] != crit]
         results.append({**row(crit, json.loads((run_dir / "summary.json").read_text())),
                         "command": " ".join(["filterprune", *cmd[3:]])})
+    for path in args.rows_from:
+        other = json.loads(Path(path).read_text())
+        extra = {**other["row"], "command": other["command"], "result_file": path}
+        results = [r for r in results if r["criterion"] != extra["criterion"]] + [extra]
     out.with_suffix(".json").write_text(json.dumps({"protocol": __doc__.split("\n\n")[0], "rows": results}, indent=2))
     out.with_suffix(".md").write_text(markdown(results))
     print(markdown(results))
