@@ -55,7 +55,7 @@ def main(argv=None) -> int:
     rows = json.loads(std_path.read_text())["rows"] if std_path.exists() else []
     if not rows:
         print(f"note: {std_path} not found or empty; plotting PLS+VIP alone", file=sys.stderr)
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharex=True)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 5), sharex=True)
     for ax, split in zip(axes, ("val", "test"), strict=True):
         base = pls["base"]
         ax.scatter([base["macs"] / 1e6], [base[f"{split}_acc"]], marker="*", s=160, color="black", label="base", zorder=3)
@@ -74,8 +74,9 @@ def main(argv=None) -> int:
         ax.set_ylabel(f"{split} accuracy (%)")
         ax.invert_xaxis()
         ax.grid(alpha=0.3)
-    axes[1].legend(fontsize=8, loc="lower left")
-    fig.tight_layout()
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=4, frameon=False)
+    fig.tight_layout(rect=(0, 0.12, 1, 1))  # room for the legend under the panels: it hides no point
     fig.savefig(args.out, dpi=120)
     print(f"wrote {args.out}")
     return 0
