@@ -2,7 +2,10 @@
 so that machine noise hits every model alike.
 
 Command (from the repository root):
-    python benchmarks/latency_side_by_side.py
+    python benchmarks/latency_side_by_side.py --rounds 11 --threads 1
+
+L1 and C-SGD end with the same widths (C-SGD's clusters come from the same -50% MACs plan), so their two
+rows are the same architecture: the gap between them is the noise of the measurement.
 
 Writes benchmarks/results/latency_resnet20.json: per model and batch size, the median over rounds of
 each round's median latency, and the speed-up against the base next to the MACs ratio.
@@ -54,11 +57,19 @@ def main(rounds: int = 5) -> int:
                       "macs_speedup": base_macs / macs}
         print(f"{name:8s} MACs x{macs / base_macs:.3f}  b=1 {med['1']:.2f} ms  b=64 {med['64']:.1f} ms  "
               f"speed-up b=1 {rows[name]['speedup_vs_base']['1']:.2f}x b=64 {rows[name]['speedup_vs_base']['64']:.2f}x")
-    out = {"command": "python benchmarks/latency_side_by_side.py", "rounds": rounds, "threads": torch.get_num_threads(),
+    out = {"command": " ".join(["python benchmarks/latency_side_by_side.py", *sys.argv[1:]]), "rounds": rounds, "threads": torch.get_num_threads(),
            "models": models, "results": rows, "env": environment()}
     Path("benchmarks/results/latency_resnet20.json").write_text(json.dumps(out, indent=2))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    sys.exit(main(args.rounds))
