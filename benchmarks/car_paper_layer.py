@@ -43,8 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def subset_loader(ds, n: int, batch: int, seed: int, train: bool) -> BatchLoader:
-    idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:n]
-    return BatchLoader(ds.subset(idx), batch, train=train, seed=seed)
+    return BatchLoader(ds.sample(n, seed), batch, train=train, seed=seed)
 
 
 def plan_by(method: str, model, x, layer: str, n_remove: int, eval_batches, args, seed: int = 0):

@@ -50,8 +50,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def eval_batches(train, n: int, batch_size: int, seed: int) -> list:
-    idx = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:n]
-    return list(BatchLoader(train.subset(idx), batch_size, train=False))
+    return list(BatchLoader(train.sample(n, seed), batch_size, train=False))
 
 
 def time_forward(model, batches, repeats: int) -> float:

@@ -87,8 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         dist.get_backend() == "nccl" else torch.device("cpu")
     model = load(args.weights).to(device).eval()
     train = load_data(args.data).train  # class-sorted: evaluate on a seeded random subset
-    idx = torch.randperm(len(train), generator=torch.Generator().manual_seed(args.seed))[: args.eval_images]
-    loader = BatchLoader(train.subset(idx), args.batch_size, train=False, device=device)
+    loader = BatchLoader(train.sample(args.eval_images, args.seed), args.batch_size, train=False, device=device)
     x = next(iter(loader))[0][:2]
     opts = {"eval_images": args.eval_images, **parse_options(args.options)}
     scores = score(model, x, args.criterion, loader, **opts)

@@ -149,3 +149,13 @@ def test_bad_specs_raise_one_line_data_error(spec):
     with pytest.raises(DataError) as e:
         load_data(spec)
     assert "\n" not in str(e.value) and "pass" in str(e.value)
+
+def test_sample_is_seeded_distinct_and_drawn_from_the_whole_set():
+    ds = synthetic_dataset(60, num_classes=3, image_size=4)
+    a, b = ds.sample(15, seed=2), ds.sample(15, seed=2)
+    assert torch.equal(a.images, b.images) and not torch.equal(a.images, ds.sample(15, seed=3).images)
+    rows = {bytes(img.numpy().tobytes()) for img in ds.images}
+    got = [bytes(img.numpy().tobytes()) for img in a.images]
+    assert len(a) == 15 and len(set(got)) == 15 and set(got) <= rows
+    assert not torch.equal(a.images, ds.images[:15])  # not the first rows
+    assert len(ds.sample(100, seed=0)) == 60

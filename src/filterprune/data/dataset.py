@@ -79,6 +79,13 @@ class ArrayDataset:
         idxs = torch.as_tensor(idxs, dtype=torch.int64)
         return replace(self, images=self.images[idxs].contiguous(), labels=self.labels[idxs].clone())
 
+    def sample(self, n: int, seed: int) -> ArrayDataset:
+        """``n`` images drawn at random without replacement (seeded; all of them, shuffled, if ``n`` is larger).
+
+        Splits can be stored class by class, so their first rows are no sample; scoring sets use this.
+        """
+        return self.subset(torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n])
+
     @property
     def num_classes(self) -> int:
         return len(self.classes)

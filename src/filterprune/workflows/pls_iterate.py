@@ -239,12 +239,13 @@ def prune_report(records: Sequence[IterationRecord], *, criterion: str, target: 
     )
 
 
-def run_iterative(cfg, model: nn.Module, x, splits, train, val, evaluate: Callable[[nn.Module], Metrics]):
+def run_iterative(cfg, model: nn.Module, x, splits, finetune: Callable[[nn.Module, int], Any] | None,
+                  evaluate: Callable[[nn.Module], Metrics]):
     """What ``filterprune prune --step-ratio P`` runs (called by ``run_prune``): returns
-    ``(PruneReport, [record dicts])``. ``cfg`` is the :class:`~filterprune.config.PruneRunConfig`."""
+    ``(PruneReport, [record dicts])``. ``cfg`` is the :class:`~filterprune.config.PruneRunConfig`;
+    ``finetune(model, iteration)`` runs between iterations."""
     from ..api import conv_widths
     from ..data import BatchLoader
-    from ..train import fit
     from ..utils.seed import pick_device
 
     pc, ft = cfg.prune, cfg.finetune
@@ -254,13 +255,6 @@ def run_iterative(cfg, model: nn.Module, x, splits, train, val, evaluate: Callab
         iterations = pc.steps
     else:
         iterations = None if pc.target_macs is not None else 1
-    finetune = None
-    if pc.step_finetune_epochs > 0:
-        step_cfg = dataclasses.replace(ft, epochs=pc.step_finetune_epochs)
-
-        def finetune(net: nn.Module, iteration: int) -> None:
-            fit(net, train, val, step_cfg)
-
     features = BatchLoader(splits.train, ft.eval_batch_size, train=False, device=pick_device(ft.device))
     macs_before, params_before = default_counter()(model, x)
     widths_before = conv_widths(model)

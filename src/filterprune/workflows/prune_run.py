@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import PruneRunConfig, dump_yaml, to_dict
-from ..data import load_data
+from ..data import BatchLoader, load_data
 from ..metrics import count, measure_latency
 from ..train import evaluate, fit
 from ..train.run import loaders
@@ -40,15 +40,9 @@ def _car_eval_loader(splits, cfg: PruneRunConfig, device: str):
     The fine-tune loader reshuffles and augments every pass, so each greedy step would otherwise score on
     different images; the split itself can be class-ordered, so its first images are not a sample either.
     """
-    import torch
-
-    from ..data import BatchLoader
-
     p, ft = cfg.prune, cfg.finetune
     n = p.criterion_kwargs().get("eval_images") or p.num_batches * ft.eval_batch_size
-    n = min(int(n), len(splits.train))
-    idx = torch.randperm(len(splits.train), generator=torch.Generator().manual_seed(p.seed))[:n]
-    return BatchLoader(splits.train.subset(idx), ft.eval_batch_size, train=False, device=pick_device(device))
+    return BatchLoader(splits.train.sample(int(n), p.seed), ft.eval_batch_size, train=False, device=pick_device(device))
 
 
 def run_prune(cfg: PruneRunConfig, *, download: bool = False) -> dict[str, Any]:
@@ -77,8 +71,8 @@ def run_prune(cfg: PruneRunConfig, *, download: bool = False) -> dict[str, Any]:
         logger.info("base: %s, %.2fM MACs", base, base_macs / 1e6)
         latency_base = measure_latency(model, x[:1].shape, device=device)
 
-        step_ft = None
-        if cfg.prune.steps > 1 and cfg.prune.step_finetune_epochs > 0:
+        step_ft = None  # between steps (prune's steps, PLS+VIP's iterations)
+        if cfg.prune.step_finetune_epochs > 0:
             step_cfg = replace(ft, epochs=cfg.prune.step_finetune_epochs)
 
             def step_ft(net, step: int) -> None:
@@ -95,7 +89,7 @@ def run_prune(cfg: PruneRunConfig, *, download: bool = False) -> dict[str, Any]:
         elif p.step_ratio is not None:  # PLS+VIP's schedule: fixed fraction per step (workflows/pls_iterate.py)
             from .pls_iterate import run_iterative
 
-            report, iterations = run_iterative(cfg, model, x, splits, train, val,
+            report, iterations = run_iterative(cfg, model, x, splits, step_ft,
                                                lambda net: _accuracies(net, val, test, device))
         else:
             steps, extra = p.steps, {}
@@ -112,7 +106,7 @@ def run_prune(cfg: PruneRunConfig, *, download: bool = False) -> dict[str, Any]:
             data = _car_eval_loader(splits, cfg, ft.device) if p.criterion.startswith("car") else train
             report = prune(
                 model, x, criterion=p.criterion, target_macs=p.target_macs, target_params=p.target_params,
-                ratio=p.ratio, data=data, steps=steps, finetune=step_ft, min_channels=p.min_channels,
+                ratio=p.ratio, data=data, steps=steps, finetune=step_ft if p.steps > 1 else None, min_channels=p.min_channels,
                 round_to=p.round_to, global_ranking=p.global_ranking, check=p.check,
                 num_batches=p.num_batches, seed=p.seed, criterion_kwargs=p.criterion_kwargs() or None, **extra,
             )
