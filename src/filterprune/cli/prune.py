@@ -12,9 +12,14 @@ Example:
 
     C-SGD (a training-time method, not a score): k-means clusters per group to the target widths, the
     fine-tune epochs are spent as centripetal training, then one filter per cluster is kept, losslessly:
-    filterprune prune --weights base.safetensors --data ../shared/data/cifar10 --criterion csgd \
-        --criterion-options centripetal=0.1,vector_ratio=1.0,clustering=kmeans --target-macs 0.5 \
+    filterprune prune --weights base.safetensors --data ../shared/data/cifar10 --criterion csgd \\
+        --criterion-options centripetal=0.1,vector_ratio=1.0,clustering=kmeans --target-macs 0.5 \\
         --finetune-epochs 10 --out runs/csgd
+
+    CAR, greedy: score every filter by the accuracy lost without it (1,000 fixed training images, not
+    augmented), remove about k=64 per step, re-score, until -50% MACs (car-classwise: per-class drops):
+    filterprune prune --weights base.safetensors --data ../shared/data/cifar10 --criterion car \\
+        --criterion-options k=64,eval_images=1000 --target-macs 0.5 --finetune-epochs 10 --out runs/car
 """
 
 from __future__ import annotations
