@@ -18,6 +18,7 @@ from .criteria import create_criterion, list_criteria, register_criterion
 from .data import ArrayDataset, BatchLoader, DataSplits, load_data
 from .errors import CheckpointError, DataError, FilterpruneError, PruningError
 from .graph import ChannelGroup, PrunePlan
+from .graph.ops import LayerOp, register_layer_op
 from .metrics import count, measure_latency
 from .models import create_model, list_models, register_model
 from .train import TrainHook, evaluate, fit
@@ -29,10 +30,10 @@ except PackageNotFoundError:  # running from a source tree without installing
 
 __all__ = [
     "ArrayDataset", "BatchLoader", "ChannelGroup", "CheckpointError", "DataError", "DataSplits",
-    "FilterpruneError", "PruneConfig", "PruneRunConfig", "PrunePlan", "PruningError", "RunConfig",
+    "FilterpruneError", "LayerOp", "PruneConfig", "PruneRunConfig", "PrunePlan", "PruningError", "RunConfig",
     "TrainConfig", "TrainHook", "count", "create_criterion", "create_model", "evaluate", "fit",
     "list_criteria", "list_models", "load", "load_data", "measure_latency", "prune", "read_checkpoint",
-    "register_criterion", "register_model", "save", "save_checkpoint", "score",
+    "register_criterion", "register_layer_op", "register_model", "save", "save_checkpoint", "score",
 ]
 
 # C-SGD (training-time method): cluster, centripetal training as a TrainHook, trim / squeeze

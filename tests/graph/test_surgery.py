@@ -8,7 +8,7 @@ from torch import nn
 
 from filterprune.errors import PruningError
 from filterprune.graph.groups import PrunePlan
-from filterprune.graph.surgery import apply_plan, prune_pad_shortcut
+from filterprune.graph.surgery import apply_plan, prune_module
 from filterprune.graph.trace import trace_groups
 from filterprune.models import create_model
 from filterprune.models.cifar_resnet import PadShortcut
@@ -50,9 +50,9 @@ def test_frozen_parameters_stay_frozen():
 def test_pad_shortcut_out_and_in():
     sc = PadShortcut(4, 8, 2)  # input i -> output i + 2
     assert sc.out_index.tolist() == [2, 3, 4, 5]
-    prune_pad_shortcut(sc, "out", [0, 3])  # output 3 (input 1) gone, later outputs shift down by 2
+    prune_module(sc, "out", [0, 3])  # output 3 (input 1) gone, later outputs shift down by 2
     assert sc.out_planes == 6 and sc.out_index.tolist() == [1, -1, 2, 3]
-    prune_pad_shortcut(sc, "in", [0])
+    prune_module(sc, "in", [0])
     assert sc.out_index.tolist() == [-1, 2, 3]
     x = torch.randn(1, 3, 4, 4)
     y = sc(x)

@@ -1,7 +1,7 @@
 """Reversible masking: make a model behave exactly as if channels were removed, then undo it.
 
 A group's channel is visible downstream only through its consumers: the input slices of the convs
-and Linears that read it (``kind="in"`` members) and the entries of shortcut index maps. Zeroing those
+and Linears that read it (``kind="in"`` members) and what registered layer ops name (``LayerOp.mask_in``). Zeroing those
 slices makes the channel invisible everywhere, so ``masked(x) == pruned(x)`` up to float summation
 order, whatever sits between producer and consumers (BN, ReLU, residual adds, concat, flatten).
 Producers are left alone. The zeroed slices are saved and written back on restore, bit for bit.
@@ -30,8 +30,8 @@ import torch
 from torch import nn
 
 from ..errors import PruningError
-from ..models.cifar_resnet import PadShortcut
 from .groups import ChannelGroup, PrunePlan
+from .ops import layer_op
 from .surgery import is_depthwise, weight_dim
 
 logger = logging.getLogger(__name__)
@@ -76,8 +76,10 @@ def _consumer_slots(model: nn.Module, group: ChannelGroup, prune_idxs: Sequence[
             continue
         index = torch.tensor(idx, dtype=torch.long)
         module = model.get_submodule(member.module)
-        if isinstance(module, PadShortcut):
-            yield module.out_index, 0, index, -1
+        op = layer_op(module)
+        if op is not None:
+            for tensor, dim, value in op.mask_in(module, index):
+                yield tensor, dim, index, value
         elif isinstance(module, (nn.modules.conv._ConvNd, nn.Linear)) and not is_depthwise(module):
             if getattr(module, "groups", 1) > 1:
                 raise PruningError(f"cannot mask the input of grouped conv {member.module}")

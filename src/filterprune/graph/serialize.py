@@ -26,21 +26,13 @@ from torch import nn
 
 from ..checkpoint import read_checkpoint, save_checkpoint
 from ..errors import CheckpointError
-from ..models.cifar_resnet import PadShortcut
 from ..types import PathLike
+from .ops import channel_attrs, set_channel_attrs
 
 logger = logging.getLogger(__name__)
 
 FORMAT = "filterprune.model/1"
 RESERVED = ("format", "arch", "modules", "code_version")
-_ATTRS: tuple[tuple[type, tuple[str, ...]], ...] = (
-    (nn.modules.conv._ConvNd, ("in_channels", "out_channels", "groups")),
-    (nn.Linear, ("in_features", "out_features")),
-    (nn.modules.batchnorm._BatchNorm, ("num_features",)),
-    (nn.modules.instancenorm._InstanceNorm, ("num_features",)),
-    (nn.PReLU, ("num_parameters",)),
-    (PadShortcut, ("out_planes",)),
-)
 
 
 def _code_version() -> str:
@@ -54,10 +46,9 @@ def module_shapes(model: nn.Module) -> dict[str, dict[str, Any]]:
     """Channel attributes of every resizable layer: ``{name: {"type": ..., "out_channels": ...}}``."""
     shapes = {}
     for name, m in model.named_modules():
-        for klass, attrs in _ATTRS:
-            if isinstance(m, klass):
-                shapes[name] = {"type": type(m).__name__, **{a: int(getattr(m, a)) for a in attrs}}
-                break
+        attrs = channel_attrs(m)  # built-in layers and registered layer ops (graph/ops.py)
+        if attrs is not None:
+            shapes[name] = {"type": type(m).__name__, **attrs}
     return shapes
 
 
@@ -71,9 +62,7 @@ def resize(model: nn.Module, shapes: dict[str, dict[str, Any]], state: dict[str,
         m = model.get_submodule(name)
         if type(m).__name__ != attrs.get("type"):
             raise TypeError(f"layer {name} is {type(m).__name__}, checkpoint says {attrs.get('type')}")
-        for attr, value in attrs.items():
-            if attr != "type":
-                setattr(m, attr, int(value))
+        set_channel_attrs(m, {k: v for k, v in attrs.items() if k != "type"})
     for key, stored in state.items():
         owner, _, leaf = key.rpartition(".")
         m = model.get_submodule(owner)

@@ -2,7 +2,7 @@
 
 All removals of one call are gathered per (module, dim) in the *original* index space and applied at
 once, so no index shifts between groups. Parameters keep their ``requires_grad``; buffers (BatchNorm
-statistics, a PadShortcut's ``out_index``) follow. Optimizer state is not touched: build a new
+statistics, a registered layer's index maps) follow. Optimizer state is not touched: build a new
 optimizer after surgery.
 
 >>> import torch
@@ -25,8 +25,8 @@ import torch
 from torch import nn
 
 from ..errors import PruningError
-from ..models.cifar_resnet import PadShortcut
 from .groups import ChannelGroup, PrunePlan
+from .ops import layer_op
 
 logger = logging.getLogger(__name__)
 
@@ -45,8 +45,9 @@ def dim_size(m: nn.Module, kind: str) -> int:
         return m.out_channels if kind == "out" or is_depthwise(m) else m.in_channels
     if isinstance(m, nn.Linear):
         return m.out_features if kind == "out" else m.in_features
-    if isinstance(m, PadShortcut):
-        return m.out_planes if kind == "out" else m.out_index.numel()
+    op = layer_op(m)
+    if op is not None:
+        return op.out_channels(m) if kind == "out" else op.in_channels(m)
     if isinstance(m, nn.PReLU):
         return m.num_parameters
     return m.num_features  # BatchNorm, InstanceNorm
@@ -74,30 +75,14 @@ def _slice_param(module: nn.Module, name: str, dim: int, keep: torch.Tensor) -> 
         setattr(module, name, new)  # a registered buffer stays registered
 
 
-def prune_pad_shortcut(m: PadShortcut, kind: str, remove: Sequence[int]) -> None:
-    """Remove output (``kind="out"``) or input channels of a PadShortcut by editing ``out_index``."""
-    idx = m.out_index.clone()
-    if kind == "in":
-        m.out_index = idx[_keep(idx.numel(), remove).to(idx.device)]
-        return
-    removed = torch.zeros(m.out_planes, dtype=torch.bool, device=idx.device)
-    removed[list(remove)] = True
-    shift = torch.cumsum(removed.long(), 0)  # removed outputs at or before j
-    valid = idx >= 0
-    new = idx.clone()
-    new[valid] = idx[valid] - shift[idx[valid]]
-    new[valid & removed[idx.clamp(min=0)]] = -1  # its output channel is gone: drop the input
-    m.out_index = new
-    m.out_planes -= len(set(remove))
-
-
 def prune_module(m: nn.Module, kind: str, remove: Sequence[int]) -> None:
     """Remove channels ``remove`` of ``m``'s ``kind`` dim in place (depthwise convs: both dims)."""
     if not remove:
         return
     keep = _keep(dim_size(m, kind), remove)
-    if isinstance(m, PadShortcut):
-        prune_pad_shortcut(m, kind, remove)
+    op = layer_op(m)
+    if op is not None:
+        (op.prune_out if kind == "out" else op.prune_in)(m, keep)
     elif isinstance(m, _CONV):
         if m.groups > 1 and not is_depthwise(m):
             raise PruningError(f"cannot prune a grouped conv (groups={m.groups})")

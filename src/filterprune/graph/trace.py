@@ -34,9 +34,8 @@ from torch_pruning import ops as tp_ops
 from torch_pruning.pruner.function import BasePruningFunc
 
 from ..errors import PruningError
-from ..models.cifar_resnet import PadShortcut
-from . import surgery
 from .groups import ChannelGroup, Member
+from .ops import LayerOp, layer_op, opaque_forward
 from .surgery import dim_size, is_depthwise
 
 logger = logging.getLogger(__name__)
@@ -53,45 +52,29 @@ _REDUCTIONS = ("mean", "sum", "amax", "amin", "max", "min", "std", "var", "softm
                "norm", "cumsum", "prod", "logsumexp")
 
 
-class _PadShortcutPruner(BasePruningFunc):
-    """Tells torch-pruning that a :class:`PadShortcut` has separate input and output channel dims."""
+class _OpPruner(BasePruningFunc):
+    """Tells torch-pruning the channel widths of a registered :class:`~filterprune.graph.ops.LayerOp`
+    (separate input and output dims). Torch-pruning never prunes with it: surgery is ours."""
+
+    def __init__(self, op: LayerOp) -> None:
+        super().__init__()
+        self.op = op
 
     def prune_out_channels(self, layer: nn.Module, idxs) -> nn.Module:
-        surgery.prune_pad_shortcut(layer, "out", list(idxs))
-        return layer
+        raise NotImplementedError("filterprune's surgery resizes registered layers")
 
     def prune_in_channels(self, layer: nn.Module, idxs) -> nn.Module:
-        surgery.prune_pad_shortcut(layer, "in", list(idxs))
-        return layer
+        raise NotImplementedError("filterprune's surgery resizes registered layers")
 
     def get_out_channels(self, layer: nn.Module) -> int:
-        return layer.out_planes
+        return self.op.out_channels(layer)
 
     def get_in_channels(self, layer: nn.Module) -> int:
-        return layer.out_index.numel()
+        return self.op.in_channels(layer)
 
 
-class _OpaquePadShortcut(torch.autograd.Function):
-    """One autograd node for a whole PadShortcut, so the tracer sees no slicing or gather inside it."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, module: PadShortcut) -> torch.Tensor:
-        ctx.module, ctx.shape = module, x.shape
-        return PadShortcut.forward(module, x)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        m, (b, c, h, w) = ctx.module, ctx.shape
-        keep = m.out_index >= 0
-        sub = grad.new_zeros(b, c, *grad.shape[2:])
-        sub[:, keep] = grad[:, m.out_index[keep]]
-        gx = grad.new_zeros(b, c, h, w)
-        gx[:, :, :: m.stride, :: m.stride] = sub
-        return gx, None
-
-
-_CUSTOM_PRUNERS: dict[type, BasePruningFunc] = {PadShortcut: _PadShortcutPruner()}
-_OPAQUE: dict[type, type[torch.autograd.Function]] = {PadShortcut: _OpaquePadShortcut}
+def _custom_pruners(model: nn.Module) -> dict[type, BasePruningFunc]:
+    return {type(m): _OpPruner(op) for m in model.modules() if (op := layer_op(m)) is not None}
 
 
 def forward(model: nn.Module, inputs: Inputs):
@@ -106,16 +89,16 @@ def forward(model: nn.Module, inputs: Inputs):
 def is_mixer(m: nn.Module) -> bool:
     """A layer whose input and output channels are separate dims (a conv that is not depthwise, a
     Linear, a shortcut): channels end at its input and new ones start at its output."""
-    return isinstance(m, (nn.modules.conv._ConvNd, nn.Linear, *_CUSTOM_PRUNERS)) and not is_depthwise(m)
+    return (isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)) or layer_op(m) is not None) and not is_depthwise(m)
 
 
 @contextlib.contextmanager
 def _tracing(model: nn.Module) -> Iterator[None]:
-    """Grad on, PadShortcuts opaque, train/eval flags restored afterwards (torch-pruning sets eval)."""
+    """Grad on, registered layer ops opaque, train/eval flags restored afterwards (torch-pruning sets eval)."""
     modes = {m: m.training for m in model.modules()}
-    patched = [m for m in model.modules() if type(m) in _OPAQUE]
+    patched = [m for m in model.modules() if layer_op(m) is not None]
     for m in patched:
-        m.forward = (lambda mod: lambda x: _OPAQUE[type(mod)].apply(x, mod))(m)
+        m.forward = opaque_forward(m)
     try:
         with torch.enable_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -182,7 +165,7 @@ def build_graph(model: nn.Module, example_inputs: Inputs) -> tuple[tp.Dependency
         with _tracing(model):
             dg = tp.DependencyGraph().build_dependency(
                 model, _requiring_grad(first_sample(example_inputs)), forward_fn=run,
-                customized_pruners=dict(_CUSTOM_PRUNERS), verbose=False,
+                customized_pruners=_custom_pruners(model), verbose=False,
             )
     finally:
         for h in hooks:
@@ -256,8 +239,8 @@ def _convert(dg, tp_group, root: nn.Module, size: int, names: dict) -> tuple[lis
             reason = _refusal(item.dep.target, where)
             refusal = refusal or (f"cannot prune through {reason}" if reason else "")
             continue
-        if isinstance(target, _REFUSED_MODULES) or not isinstance(
-            target, (nn.modules.conv._ConvNd, nn.Linear, *PASS_THROUGH, *_CUSTOM_PRUNERS)
+        if isinstance(target, _REFUSED_MODULES) or not (
+            isinstance(target, (nn.modules.conv._ConvNd, nn.Linear, *PASS_THROUGH)) or layer_op(target) is not None
         ):
             refusal = refusal or (f"{names[target]} ({type(target).__name__}) sits on a channel path and the "
                                   "engine cannot prune it")
@@ -327,10 +310,11 @@ def trace_groups(
     dg, output_modules = build_graph(model, example_inputs)
     groups: dict[str, ChannelGroup] = {}
     unchecked: set[str] = set()  # groups the user keeps whole: not refused, not probed
-    for tp_group in dg.get_all_groups(root_module_types=(nn.modules.conv._ConvNd, nn.Linear)):
+    roots = (nn.modules.conv._ConvNd, nn.Linear, *{type(m) for m in names if layer_op(m) is not None})
+    for tp_group in dg.get_all_groups(root_module_types=roots):
         outs = [it.dep.target.module for it in tp_group
                 if it.dep.target.module in names and dg.is_out_channel_pruning_fn(it.dep.handler)
-                and isinstance(it.dep.target.module, (nn.modules.conv._ConvNd, nn.Linear))]
+                and isinstance(it.dep.target.module, roots)]
         producers = [m for m in outs if is_mixer(m)] or outs
         root = min(producers, key=lambda m: order[names[m]])
         pruner = dg.get_pruner_of_module(root)

@@ -11,8 +11,9 @@ Differences from the reference, on purpose:
 * k-means is seeded (``random_state``, fixed ``n_init``), so clusters are reproducible.
 * A group tied by residual adds is clustered on the concatenation of *all* its producers' kernels
   (optionally with BN gamma/beta), not on one "pacesetter" layer.
-* Parameter-free option-A shortcuts (:class:`~filterprune.models.cifar_resnet.PadShortcut`) constrain the
-  group they feed: channel ``o`` of that group receives input channel ``i`` (``out_index[i] == o``) of
+* Weightless routers (layers whose :class:`~filterprune.graph.ops.LayerOp` has a ``channel_map``, such as
+  the CIFAR ResNet's option-A shortcut) constrain the
+  group they feed: channel ``o`` of that group receives input channel ``i`` (``channel_map[i] == o``) of
   another group. For the trimmed network to equal the trained one, the channels fed by one input
   cluster must form exactly one cluster (they are identical once the input cluster has collapsed, and
   the kept input can feed only one kept output), and zero-padded channels may only cluster among
@@ -36,7 +37,7 @@ from torch import Tensor, nn
 from ..criteria._weights import group_slices
 from ..errors import PruningError
 from ..graph.groups import ChannelGroup
-from ..models.cifar_resnet import PadShortcut
+from ..graph.ops import layer_op
 from ..selection import SelectOptions, select
 from ..types import GroupId, PathLike
 
@@ -125,7 +126,7 @@ def _channel_of(member_idxs: Sequence[Sequence[int]]) -> dict[int, int]:
 
 
 def shortcut_feeds(model: nn.Module, group: ChannelGroup, groups: Sequence[ChannelGroup]):
-    """For each PadShortcut producing channels of ``group``: (input group, {input channel: fed channel}).
+    """For each weightless router (a shortcut) producing channels of ``group``: (input group, {input channel: fed channel}).
 
     Raises:
         PruningError: the shortcut's input group cannot be found.
@@ -133,14 +134,16 @@ def shortcut_feeds(model: nn.Module, group: ChannelGroup, groups: Sequence[Chann
     out = []
     for member in group.members_of("out"):
         module = model.get_submodule(member.module)
-        if not isinstance(module, PadShortcut):
+        op = layer_op(module)
+        index_map = op.channel_map(module) if op is not None else None
+        if index_map is None:
             continue
         source = next(((g, m) for g in groups for m in g.members_of("in") if m.module == member.module), None)
         if source is None:
             raise PruningError(f"group {group.id}: no group feeds shortcut {member.module}")
         src_group, src_member = source
         fed_channel = _channel_of(member.idxs)
-        index = module.out_index.tolist()
+        index = index_map.tolist()
         feeds = {}
         for c, idxs in enumerate(src_member.idxs):
             targets = {fed_channel[index[i]] for i in idxs if index[i] >= 0}

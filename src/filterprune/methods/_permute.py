@@ -1,10 +1,10 @@
 """Channel permutations that leave a model's function unchanged, to give a squeezed model canonical buffers.
 
 After C-SGD squeezes a widened CIFAR ResNet, every tensor has the original shape, but the option-A
-shortcuts' ``out_index`` maps say where each kept input channel landed among the kept outputs, which
+shortcuts' index maps (``LayerOp.channel_map``) say where each kept input channel landed among the kept outputs, which
 need not be where a freshly built model puts them. Reordering a group's channels (producers' output
 slices, BatchNorm entries, consumers' input slices, shortcut maps) changes nothing the model computes;
-:func:`align_shortcuts` picks the order that makes every ``out_index`` equal the reference model's, so
+:func:`align_shortcuts` picks the order that makes every shortcut's map equal the reference model's, so
 the result is a plain checkpoint of the reference architecture, buffers included.
 """
 
@@ -17,8 +17,8 @@ import torch
 from torch import nn
 
 from ..graph.groups import ChannelGroup
+from ..graph.ops import layer_op
 from ..graph.surgery import dim_size, is_depthwise, weight_dim
-from ..models.cifar_resnet import PadShortcut
 from ._slots import _NORM, _module_params
 
 logger = logging.getLogger(__name__)
@@ -42,13 +42,9 @@ def permute_channels(model: nn.Module, group: ChannelGroup, perm: Sequence[int])
         for p, old in enumerate(perm):
             for pos, src in zip(member.idxs[p], member.idxs[old], strict=True):
                 order[pos] = src
-        if isinstance(module, PadShortcut):
-            idx = module.out_index
-            if member.kind == "in":
-                module.out_index = idx[order.to(idx.device)]
-            else:
-                inverse = torch.argsort(order).to(idx.device)
-                module.out_index = torch.where(idx >= 0, inverse[idx.clamp(min=0)], idx)
+        op = layer_op(module)
+        if op is not None:  # a registered layer reorders itself: keep every channel, in the new order
+            (op.prune_in if member.kind == "in" else op.prune_out)(module, order)
         elif member.kind == "in":
             _reorder(module.weight, weight_dim(module, "in"), order)
         else:
@@ -60,7 +56,7 @@ def permute_channels(model: nn.Module, group: ChannelGroup, perm: Sequence[int])
 
 
 def align_shortcuts(model: nn.Module, reference: nn.Module, groups: Sequence[ChannelGroup]) -> int:
-    """Permute channel groups so every PadShortcut's ``out_index`` equals ``reference``'s.
+    """Permute channel groups so every weightless router's ``channel_map`` equals ``reference``'s.
 
     ``groups`` describe ``model`` as it is now and are visited in order (a group's permutation also
     reorders the inputs of the shortcut it feeds, which later groups then see). Returns the number of
@@ -72,12 +68,15 @@ def align_shortcuts(model: nn.Module, reference: nn.Module, groups: Sequence[Cha
         for member in group.members_of("out"):
             module = model.get_submodule(member.module)
             ref = ref_modules.get(member.module)
-            if not isinstance(module, PadShortcut) or not isinstance(ref, PadShortcut):
+            op, ref_op = layer_op(module), layer_op(ref) if ref is not None else None
+            have = op.channel_map(module) if op is not None else None
+            want = ref_op.channel_map(ref) if ref_op is not None else None
+            if have is None or want is None:
                 continue
-            have, want = module.out_index.tolist(), ref.out_index.tolist()
+            have, want = have.tolist(), want.tolist()
             if have == want:
                 continue
-            if (len(have) != len(want) or min(have + want) < 0 or module.out_planes != ref.out_planes
+            if (len(have) != len(want) or min(have + want) < 0 or op.out_channels(module) != ref_op.out_channels(ref)
                     or len(set(want)) != len(want)):
                 logger.warning("cannot align shortcut %s with the reference", member.module)
                 continue

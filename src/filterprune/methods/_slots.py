@@ -18,7 +18,6 @@ from torch import Tensor, nn
 from ..errors import PruningError
 from ..graph.groups import ChannelGroup
 from ..graph.surgery import is_depthwise, weight_dim
-from ..models.cifar_resnet import PadShortcut
 from ..types import GroupId
 from ._clusters import Clusters, labels_of
 
@@ -85,7 +84,7 @@ def _module_params(module: nn.Module, name: str) -> list[tuple[str, int, bool]]:
         return [(a, 0, False) for a in ("weight", "bias") if getattr(module, a, None) is not None]
     if isinstance(module, nn.PReLU):
         return [("weight", 0, False)] if module.num_parameters > 1 else []
-    if isinstance(module, PadShortcut) or not any(True for _ in module.parameters(recurse=False)):
+    if not any(True for _ in module.parameters(recurse=False)):  # a weightless router (a shortcut)
         return []
     raise PruningError(f"C-SGD cannot cluster the channels of {name} ({type(module).__name__})")
 

@@ -11,8 +11,8 @@ mean (``keep="mean"``; ``"first"`` leaves the kept member as it is, as the refer
 itself is the engine's :func:`~filterprune.graph.surgery.apply_plan` on a plan of the removed members,
 which also drops their BatchNorm entries and edits option-A shortcut index maps.
 
-An option-A :class:`~filterprune.models.cifar_resnet.PadShortcut` moves input channel ``i`` to output
-channel ``out_index[i]`` with no weights to fold into; trimming through it is exact only when the
+A weightless router (a layer whose :class:`~filterprune.graph.ops.LayerOp` has a ``channel_map``, such as
+the CIFAR ResNet's option-A shortcut) moves input channel ``i`` to output channel ``channel_map[i]`` with no weights to fold into; trimming through it is exact only when the
 clusters respect it (:func:`check_shortcuts`, which :func:`~filterprune.methods.cluster_groups` ensures).
 """
 
@@ -28,9 +28,9 @@ from torch import nn
 from ..errors import PruningError
 from ..graph.check import evaluating
 from ..graph.groups import ChannelGroup, PrunePlan
+from ..graph.ops import layer_op
 from ..graph.surgery import apply_plan, is_depthwise, weight_dim
 from ..graph.trace import Inputs, flat_outputs, forward
-from ..models.cifar_resnet import PadShortcut
 from ._clusters import Clusters, labels_of, shortcut_feeds
 from ._slots import Deviation, _module_params, clustered_params, deviation
 
@@ -118,7 +118,8 @@ def fold(model: nn.Module, groups: Sequence[ChannelGroup], clusters: Clusters, *
                 if keep == "mean":
                     _average_outputs(module, member.idxs, cl, group.size)
                 continue
-            if isinstance(module, PadShortcut) or is_depthwise(module):
+            op = layer_op(module)
+            if (op is not None and op.channel_map(module) is not None) or is_depthwise(module):
                 continue  # checked above / folded as a producer
             if not isinstance(module, (nn.modules.conv._ConvNd, nn.Linear)) or getattr(module, "groups", 1) > 1:
                 raise PruningError(f"C-SGD cannot fold into {member.module} ({type(module).__name__})")

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..graph.ops import LayerOp, register_layer_op
 from ._registry import register_model
 
 
@@ -39,6 +40,37 @@ class PadShortcut(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in={self.out_index.numel()}, out={self.out_planes}, stride={self.stride}"
+
+
+@register_layer_op(PadShortcut)
+class PadShortcutOp(LayerOp):
+    """How the engine resizes a :class:`PadShortcut`: its widths live in ``out_index`` and ``out_planes``."""
+
+    def out_channels(self, module: PadShortcut) -> int:
+        return module.out_planes
+
+    def in_channels(self, module: PadShortcut) -> int:
+        return module.out_index.numel()
+
+    def prune_in(self, module: PadShortcut, keep_idxs: torch.Tensor) -> None:
+        module.out_index = module.out_index[keep_idxs.to(module.out_index.device)]
+
+    def prune_out(self, module: PadShortcut, keep_idxs: torch.Tensor) -> None:
+        # new position of every old output channel (-1: removed), then re-target every input
+        idx = module.out_index
+        new_pos = torch.full((module.out_planes,), -1, dtype=idx.dtype, device=idx.device)
+        new_pos[keep_idxs.to(idx.device)] = torch.arange(len(keep_idxs), dtype=idx.dtype, device=idx.device)
+        module.out_index = torch.where(idx >= 0, new_pos[idx.clamp(min=0)], idx)
+        module.out_planes = len(keep_idxs)
+
+    def mask_in(self, module: PadShortcut, idxs: torch.Tensor) -> list[tuple[torch.Tensor, int, float]]:
+        return [(module.out_index, 0, -1)]  # a dropped input lands nowhere
+
+    def channel_map(self, module: PadShortcut) -> torch.Tensor:
+        return module.out_index
+
+    def channel_attrs(self, module: PadShortcut) -> dict[str, int]:
+        return {"out_planes": int(module.out_planes)}
 
 
 class BasicBlock(nn.Module):
