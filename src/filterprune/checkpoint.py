@@ -8,8 +8,6 @@ then ``os.replace``, so a killed process never leaves a half-written checkpoint.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +17,7 @@ from safetensors.torch import load_file, save_file
 
 from .errors import CheckpointError
 from .types import PathLike
+from .utils.io import atomic_path
 
 META_KEY = "filterprune"
 
@@ -29,17 +28,8 @@ def save_checkpoint(path: PathLike, tensors: dict[str, torch.Tensor], meta: dict
     path.parent.mkdir(parents=True, exist_ok=True)
     # safetensors refuses shared or non-contiguous storage: give it plain copies on the CPU.
     plain = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would make shared checkpoints unreadable to others
-    try:
-        save_file(plain, tmp, metadata={META_KEY: json.dumps(meta or {})})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_path(path) as tmp:  # files 0644 under umask 022 (safetensors alone writes 0600)
+        save_file(plain, str(tmp), metadata={META_KEY: json.dumps(meta or {})})
     return path
 
 

@@ -70,6 +70,8 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "eval_batch_size"):
             if getattr(self, name) < (0 if name == "epochs" else 1):
                 raise ValueError(f"train.{name} must be positive, got {getattr(self, name)}")
+        if self.keep_checkpoints < 0:
+            raise ValueError(f"train.keep_checkpoints must be >= 0 (0 keeps all), got {self.keep_checkpoints}")
         if self.lr < 0 or self.weight_decay < 0 or not 0 <= self.momentum < 1:
             raise ValueError("train.lr and train.weight_decay must be >= 0 and train.momentum in [0, 1)")
 

@@ -13,7 +13,8 @@ def add_parser(sub) -> None:
     p = sub.add_parser("demo", help="train, prune and fine-tune a small ConvNet on digits", description=__doc__)
     p.add_argument("--criterion", default="l1", help="pruning criterion")
     p.add_argument("--target-macs", type=float, default=0.5, help="fraction of MACs to remove")
-    p.add_argument("--out", help="also write the run folders (base/, pruned/) here")
+    p.add_argument("--out", help="also write the run folders (base/, pruned/) here; it must not exist yet")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier demo's base/ and pruned/ in --out")
     p.add_argument("-v", "--verbose", action="store_true", help="log every epoch")
     p.set_defaults(run=run)
 
@@ -26,6 +27,6 @@ def run(args: argparse.Namespace) -> int:
     if not args.verbose:
         logging.getLogger("filterprune").setLevel(logging.WARNING)
 
-    result = run_demo(criterion=args.criterion, target_macs=args.target_macs, out=args.out)
+    result = run_demo(criterion=args.criterion, target_macs=args.target_macs, out=args.out, overwrite=args.overwrite)
     print(result["text"])
     return 0

@@ -12,21 +12,22 @@ import argparse
 import json
 
 from ..config import RunConfig
-from ._args import add_run_args, resolve_config
+from ._args import add_run_args
+from ._run import add_output_args, run_config
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("train", help="train or fine-tune a model", description=__doc__,
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--resume", action="store_true", help="continue the run in --out after its newest checkpoint")
     add_run_args(p, RunConfig)
+    add_output_args(p)
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..train.run import run_training
 
-    cfg = resolve_config(args, RunConfig)
-    summary = run_training(cfg, resume=args.resume, download=args.download)
+    cfg = run_config(args, RunConfig)
+    summary = run_training(cfg, resume=args.resume, overwrite=args.overwrite, download=args.download)
     print(json.dumps({k: v for k, v in summary.items() if k not in ("config", "test_per_class_acc")}, indent=2))
     return 0

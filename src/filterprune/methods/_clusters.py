@@ -40,6 +40,7 @@ from ..graph.groups import ChannelGroup
 from ..graph.ops import layer_op
 from ..selection import SelectOptions, select
 from ..types import GroupId, PathLike
+from ..utils.io import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -267,7 +268,7 @@ def target_widths(
 
 def save_clusters(clusters: Clusters, path: PathLike) -> None:
     """Write clusters as JSON (``{group id: [[kept, ...], ...]}``)."""
-    Path(path).write_text(json.dumps(clusters, indent=1))
+    atomic_write(path, json.dumps(clusters, indent=1))
 
 
 def load_clusters(path: PathLike) -> Clusters:

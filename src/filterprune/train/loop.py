@@ -22,14 +22,19 @@ from torch import nn
 
 from ..checkpoint import read_checkpoint, save_checkpoint
 from ..config import TrainConfig, to_dict
-from ..errors import CheckpointError
+from ..errors import CheckpointError, FilterpruneError
 from ..types import PathLike
+from ..utils.io import atomic_write
 from ..utils.progress import progress
 from ..utils.seed import pick_device
 from .hooks import TrainHook
 from .optim import build_optimizer, lr_at
 
 logger = logging.getLogger(__name__)
+
+
+class TrainingError(FilterpruneError, FloatingPointError):
+    """Training cannot go on (the loss became NaN/inf); the message says what is kept and what to change."""
 
 
 def _autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
@@ -182,7 +187,9 @@ def fit(
             seen += y.numel()
             step += 1
         if not torch.isfinite(loss_sum):
-            raise FloatingPointError(f"training diverged in epoch {epoch + 1} (loss is not finite); lower the lr")
+            kept = _latest_checkpoint(ckpt_dir) if ckpt_dir is not None else None
+            where = f"; the last good checkpoint is {kept}" if kept else ""
+            raise TrainingError(f"training diverged in epoch {epoch + 1} (loss is not finite); lower the lr (--lr){where}")
         train_time = time.perf_counter() - t0
         record: dict[str, Any] = {
             "epoch": epoch,
@@ -212,7 +219,7 @@ def _save_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, cfg: TrainCo
     tensors.update(_train_state(optimizer))
     meta = {"arch": getattr(model, "filterprune_cfg", None), "epoch": epoch, "step": step, "train": to_dict(cfg)}
     save_checkpoint(ckpt_dir / f"epoch_{epoch:03d}.safetensors", tensors, meta)
-    if cfg.keep_checkpoints:
+    if cfg.keep_checkpoints > 0:
         for old in sorted(ckpt_dir.glob("epoch_*.safetensors"))[: -cfg.keep_checkpoints]:
             old.unlink()
 
@@ -221,11 +228,20 @@ def _read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     path = run_dir / "metrics.jsonl"
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            row = None
+        if not isinstance(row, dict) or not isinstance(row.get("epoch"), int):
+            raise CheckpointError(f"{path}: line {n} is not a metrics record; restore the file or start a new run")
+        rows.append(row)
+    return rows
 
 
 def _write_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:
-    path = run_dir / "metrics.jsonl"
-    tmp = path.with_suffix(".jsonl.tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in history))
-    tmp.replace(path)
+    """Rewrite ``metrics.jsonl`` whole and atomically (no torn last line after a kill)."""
+    atomic_write(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
-from ..config import RunConfig, dump_yaml, load_yaml, to_dict
+from ..config import RunConfig, to_dict
 from ..data import BatchLoader, DataSplits, load_data
 from ..models import create_model
 from ..utils.env import environment
+from ..utils.io import atomic_write, atomic_write_json, open_run_folder
+from ..utils.resume import check_resume, dump_yaml_text, saved_config
 from ..utils.seed import pick_device, seed_everything
 from .loop import evaluate, fit
 
@@ -39,28 +40,46 @@ def loaders(splits: DataSplits, batch_size: int, eval_batch_size: int, device: s
     return train, val, test
 
 
-def run_training(cfg: RunConfig, *, resume: bool = False, download: bool = False) -> dict[str, Any]:
+#: What a train run writes at the top of its folder (``--overwrite`` replaces only these).
+TRAIN_FILES = ("config.yaml", "env.json", "metrics.jsonl", "summary.json", "model.safetensors", "checkpoints",
+               "clusters.json")
+#: Flags a resumed train run may change: more epochs, how many checkpoints are kept.
+TRAIN_EXTENDS = {"train.epochs": "increase", "train.keep_checkpoints": "any"}
+
+
+def run_training(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False,
+                 download: bool = False) -> dict[str, Any]:
     """Train (or fine-tune) ``cfg.model`` on ``cfg.data``; write the run folder; return the summary.
 
     The run folder holds ``config.yaml`` (resolved), ``env.json``, ``metrics.jsonl``, per-epoch
-    checkpoints, the final ``model.safetensors`` and ``summary.json``. With ``resume=True`` the config
-    saved in the folder is used and training continues after the newest checkpoint.
+    checkpoints, the final ``model.safetensors`` and ``summary.json``; it is claimed before the data is
+    loaded (:func:`filterprune.utils.io.open_run_folder`: an existing folder is refused unless
+    ``resume`` or ``overwrite``). With ``resume=True`` training continues after the newest checkpoint
+    (from the start if the run was killed before its first one); ``cfg`` must equal the saved config
+    except for ``TRAIN_EXTENDS`` (more epochs).
+
+    Raises:
+        RunFolderError: the output folder is refused (one line).
+        ResumeError: ``resume`` with a config that differs from the saved one (names the flag).
+        TrainingError: the loss became NaN/inf (the last good checkpoint is kept).
     """
     out = Path(cfg.out)
-    if resume:
-        saved = out / "config.yaml"
-        if not saved.exists():
-            raise FileNotFoundError(f"{out}: no config.yaml to resume from")
-        cfg = load_yaml(RunConfig, saved)
+    inputs = [cfg.pretrained] if cfg.pretrained not in ("", "auto") else []
+    with open_run_folder(out, "train", resume=resume, overwrite=overwrite, owned=TRAIN_FILES, inputs=inputs):
+        if resume:
+            check_resume(saved_config(RunConfig, out), cfg, TRAIN_EXTENDS)
+        atomic_write(out / "config.yaml", dump_yaml_text(cfg))
+        return _train(cfg, out, resume, download)
+
+
+def _train(cfg: RunConfig, out: Path, resume: bool, download: bool) -> dict[str, Any]:
     seed_everything(cfg.train.seed)
     splits = load_data(cfg.data, val_fraction=cfg.val_fraction, seed=0, download=download)
     logger.info("data: %s", splits.describe())
     model = build_model(cfg, splits)
     train, val, test = loaders(splits, cfg.train.batch_size, cfg.train.eval_batch_size, cfg.train.device, cfg.train.seed)
-    out.mkdir(parents=True, exist_ok=True)
-    if not resume:
-        dump_yaml(cfg, out / "config.yaml")
-    (out / "env.json").write_text(json.dumps(environment(), indent=2))
+    atomic_write_json(out / "env.json", environment())
+    resume = resume and (out / "checkpoints").is_dir() and any((out / "checkpoints").glob("epoch_*.safetensors"))
 
     device = pick_device(cfg.train.device)
     start = evaluate(model, val, device)
@@ -92,5 +111,5 @@ def run_training(cfg: RunConfig, *, resume: bool = False, download: bool = False
     from ..api import save
 
     save(model, out / "model.safetensors", meta={"summary": {k: v for k, v in summary.items() if k != "config"}})
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    atomic_write_json(out / "summary.json", summary)
     return summary

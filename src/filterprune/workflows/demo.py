@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 import time
 from pathlib import Path
@@ -9,20 +10,31 @@ from typing import Any
 
 from ..config import PruneConfig, PruneRunConfig, RunConfig, TrainConfig
 from ..train.run import run_training
+from ..utils.io import open_run_folder
 from .prune_run import run_prune
 
 DEMO_TRAIN = TrainConfig(epochs=12, batch_size=64, lr=0.05, warmup_epochs=1, device="cpu")
 DEMO_FINETUNE = TrainConfig(epochs=4, batch_size=64, lr=0.01, device="cpu")
 
 
+DEMO_FILES = ("base", "pruned")
+
+
 def run_demo(
-    *, criterion: str = "l1", target_macs: float = 0.5, out: str | None = None,
+    *, criterion: str = "l1", target_macs: float = 0.5, out: str | None = None, overwrite: bool = False,
     train: TrainConfig = DEMO_TRAIN, finetune: TrainConfig = DEMO_FINETUNE,
 ) -> dict[str, Any]:
-    """Returns both run summaries and a printable ``text``; writes run folders under ``out`` if given."""
+    """Returns both run summaries and a printable ``text``; writes run folders under ``out`` if given.
+
+    ``out`` is claimed as a demo run folder first (:func:`filterprune.utils.io.open_run_folder`): an
+    existing ``out`` is refused unless ``overwrite`` and it holds an earlier demo (whose ``base/`` and
+    ``pruned/`` are then replaced; nothing else there is touched).
+    """
     t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="filterprune-demo-") as tmp:
-        root = Path(out) if out else Path(tmp)
+    with contextlib.ExitStack() as stack:
+        if out:
+            stack.enter_context(open_run_folder(out, "demo", overwrite=overwrite, owned=DEMO_FILES, can_resume=False))
+        root = Path(out) if out else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="filterprune-demo-")))
         base = run_training(RunConfig(model="convnet_small", data="digits", out=str(root / "base"), train=train))
         pruned = run_prune(PruneRunConfig(
             weights=str(root / "base" / "model.safetensors"), data="digits", out=str(root / "pruned"),
