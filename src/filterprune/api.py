@@ -274,11 +274,46 @@ def prune(
     )
 
 
-def save(model: nn.Module, path: PathLike, *, meta: dict[str, Any] | None = None) -> Path:
-    """Save a (pruned) model without pickle; see :func:`filterprune.graph.serialize.save_model`."""
-    return save_model(model, path, meta=meta)
+def save(model: nn.Module, path: PathLike, *, meta: dict[str, Any] | None = None,
+         example_inputs: Inputs | None = None) -> Path:
+    """Save any model (pruned or not) without pickle: safetensors tensors + JSON widths.
+
+    Args:
+        model: any ``nn.Module``.
+        path: destination, conventionally ``*.safetensors``; written atomically.
+        meta: extra JSON-able metadata (metrics, a report).
+        example_inputs: a batch the model accepts; its shapes are stored so that :func:`load` runs the
+            model once and refuses a file whose layer widths disagree.
+
+    See :func:`filterprune.graph.serialize.save_model`.
+
+    >>> import torch, tempfile, os
+    >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+    ...                           torch.nn.Conv2d(8, 4, 3))
+    >>> x = torch.randn(2, 3, 16, 16)
+    >>> _ = prune(net, x, "l1", ratio=0.5)
+    >>> path = save(net, os.path.join(tempfile.mkdtemp(), "net.safetensors"), example_inputs=x)
+    >>> fresh = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+    ...                             torch.nn.Conv2d(8, 4, 3))
+    >>> load(path, model=fresh)[0].out_channels
+    4
+    """
+    return save_model(model, path, meta=meta, example_inputs=example_inputs)
 
 
-def load(path: PathLike) -> nn.Module:
-    """Rebuild a model saved by :func:`save`; see :func:`filterprune.graph.serialize.load_model`."""
-    return load_model(path)
+def load(path: PathLike, model: nn.Module | None = None) -> nn.Module:
+    """Load a model saved by :func:`save`, at its saved widths, in eval mode.
+
+    Args:
+        path: the ``.safetensors`` file.
+        model: a freshly built, *unpruned* instance of the saved model's class; it is resized to the
+            saved widths in place and returned. Leave it out for models built by ``create_model``
+            (registered with ``@filterprune.register_model``), which are rebuilt by name.
+
+    Raises:
+        CheckpointError: one line naming the file and the problem (corrupt, failed digest, malformed
+            or inconsistent metadata, tensors that do not fit ``model``).
+
+    See :func:`filterprune.graph.serialize.load_model`.
+    """
+    return load_model(path, model)

@@ -1,10 +1,23 @@
-"""Pruned checkpoints without pickle: a ``.safetensors`` state dict plus JSON metadata.
+"""Pruned checkpoints of any ``nn.Module`` without pickle: a ``.safetensors`` state dict plus JSON.
 
-The metadata says how to rebuild the model: ``arch`` (``create_model`` arguments, from the model's
-``filterprune_cfg``) and ``modules``, the channel attributes of every layer the engine can resize
-(conv in/out channels and groups, BatchNorm features, Linear features, shortcut widths). Loading
-builds the unpruned architecture, resizes those layers and every tensor whose stored shape differs,
-then loads the state dict with ``strict=True``. Unpruned models round-trip the same way.
+The metadata says how to give a freshly built, unpruned model the saved widths:
+
+* ``arch``: how the model was built. For registry models, the ``create_model`` arguments (from the
+  model's ``filterprune_cfg``), so ``load(path)`` rebuilds them; for any other model, its class
+  (``{"class": "mypkg.nets.MyNet"}``), which is only compared, never imported: the caller builds the
+  instance (``load(path, model=MyNet())``).
+* ``modules``: the channel attributes of every layer the engine can resize
+  (:func:`filterprune.graph.ops.channel_attrs`: conv in/out channels and groups, BatchNorm/InstanceNorm
+  features, GroupNorm groups and channels, LayerNorm's normalized shape, Linear features, PReLU
+  parameters, and what each layer operation registered with ``register_layer_op`` declares).
+* ``inputs`` (optional): per-sample shapes of the example inputs; the loaded model is run once on
+  zeros of these shapes, so widths that disagree between layers are refused at load, not later.
+
+Loading validates all of it before anything is changed (``_validate.py``): only channel attributes
+are applied (a BatchNorm ``eps`` in the JSON is refused, nothing else is ever ``setattr``), each one
+must imply the stored tensor shapes, the tensor names must be exactly the model's, and a registry
+architecture is first built on the ``meta`` device to bound its size by the bytes in the file. Then
+the layers are resized and the state dict is loaded with ``strict=True``.
 
 >>> import tempfile, os
 >>> from filterprune.models import create_model
@@ -17,22 +30,49 @@ then loads the state dict with ``strict=True``. Unpruned models round-trip the s
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from ..checkpoint import read_checkpoint, save_checkpoint
 from ..errors import CheckpointError
 from ..types import PathLike
-from .ops import channel_attrs, set_channel_attrs
+from ._validate import check_arch_size, check_inputs_run, validated_record, validated_widths
+from .ops import channel_attrs, layer_op, set_channel_attrs
 
 logger = logging.getLogger(__name__)
 
-FORMAT = "filterprune.model/1"
-RESERVED = ("format", "arch", "modules", "code_version")
+FORMAT = "filterprune.model/2"
+READABLE = ("filterprune.model/1", FORMAT)  # /1: registry models only, no ``inputs``
+RESERVED = ("format", "arch", "modules", "code_version", "inputs")
+
+def expected_shapes(m: nn.Module, attrs: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
+    """The shapes of ``m``'s own tensors implied by the channel attributes ``attrs`` (built-in kinds).
+
+    Registered layer operations return ``{}``: their tensors take the stored shapes as they are.
+    """
+    if layer_op(m) is not None:
+        return {}
+    if isinstance(m, nn.modules.conv._ConvNd):
+        cin, cout, g = attrs["in_channels"], attrs["out_channels"], attrs["groups"]
+        w = (cin, cout // g) if m.transposed else (cout, cin // g)
+        return {"weight": (*w, *m.kernel_size), "bias": (cout,)}
+    if isinstance(m, nn.Linear):
+        return {"weight": (attrs["out_features"], attrs["in_features"]), "bias": (attrs["out_features"],)}
+    if isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)):
+        c = (attrs["num_features"],)
+        return {"weight": c, "bias": c, "running_mean": c, "running_var": c, "num_batches_tracked": ()}
+    if isinstance(m, nn.GroupNorm):
+        return {"weight": (attrs["num_channels"],), "bias": (attrs["num_channels"],)}
+    if isinstance(m, nn.LayerNorm):
+        return {"weight": tuple(attrs["normalized_shape"]), "bias": tuple(attrs["normalized_shape"])}
+    if isinstance(m, nn.PReLU):
+        return {"weight": (attrs["num_parameters"],)}
+    return {}
 
 
 def _code_version() -> str:
@@ -52,22 +92,27 @@ def module_shapes(model: nn.Module) -> dict[str, dict[str, Any]]:
     return shapes
 
 
-def resize(model: nn.Module, shapes: dict[str, dict[str, Any]], state: dict[str, torch.Tensor]) -> None:
-    """Give ``model`` the layer widths ``shapes`` and tensors of the shapes in ``state`` (values unset).
+def _input_shapes(example_inputs: Any) -> list[list[int]] | None:
+    """Per-sample shapes of floating-point example inputs (a tensor or a tuple/list of them), else None."""
+    items = [example_inputs] if isinstance(example_inputs, Tensor) else example_inputs
+    if not isinstance(items, (tuple, list)) or not all(isinstance(t, Tensor) and t.is_floating_point() and t.dim() >= 1
+                                                       for t in items):
+        return None
+    return [list(t.shape[1:]) for t in items]
 
-    Raises:
-        KeyError / TypeError: a layer is missing or of another type (the caller names the file).
+
+def resize(model: nn.Module, widths: Mapping[str, Mapping[str, Any]], state: Mapping[str, Tensor]) -> None:
+    """Set the (validated) channel attributes ``widths`` and give every tensor its stored shape.
+
+    Tensor values are left unset (``load_state_dict`` fills them); registered buffers stay buffers.
     """
-    for name, attrs in shapes.items():
-        m = model.get_submodule(name)
-        if type(m).__name__ != attrs.get("type"):
-            raise TypeError(f"layer {name} is {type(m).__name__}, checkpoint says {attrs.get('type')}")
-        set_channel_attrs(m, {k: v for k, v in attrs.items() if k != "type"})
+    for name, attrs in widths.items():
+        set_channel_attrs(model.get_submodule(name), attrs)
     for key, stored in state.items():
         owner, _, leaf = key.rpartition(".")
         m = model.get_submodule(owner)
         current = getattr(m, leaf, None)
-        if not isinstance(current, torch.Tensor) or current.shape == stored.shape:
+        if not isinstance(current, Tensor) or current.shape == stored.shape:
             continue
         fresh = torch.empty(stored.shape, dtype=current.dtype, device=current.device)
         if isinstance(current, nn.Parameter):
@@ -76,48 +121,89 @@ def resize(model: nn.Module, shapes: dict[str, dict[str, Any]], state: dict[str,
             setattr(m, leaf, fresh)  # a registered buffer stays registered
 
 
-def save_model(model: nn.Module, path: PathLike, *, meta: dict[str, Any] | None = None) -> Path:
-    """Write ``model`` (pruned or not) to ``path`` as safetensors + JSON metadata, atomically.
+def save_model(model: nn.Module, path: PathLike, *, meta: dict[str, Any] | None = None,
+               example_inputs: Tensor | Sequence[Tensor] | None = None) -> Path:
+    """Write any ``model`` (pruned or not) to ``path`` as safetensors + JSON metadata, atomically.
 
     Args:
-        model: built by ``create_model`` (it carries ``filterprune_cfg``), possibly pruned since.
+        model: any ``nn.Module``; registry models (with ``filterprune_cfg``) load back by name.
         path: destination, conventionally ``*.safetensors``.
         meta: extra JSON-able metadata (config, metrics, a pruning report); keys must not clash
-            with ``format``, ``arch``, ``modules``, ``code_version``.
+            with ``format``, ``arch``, ``modules``, ``code_version``, ``inputs``.
+        example_inputs: a batch the model accepts (floating-point tensors); its per-sample shapes are
+            stored so that loading can run the model once and refuse widths that disagree.
 
     Raises:
-        ValueError: the model has no ``filterprune_cfg`` or ``meta`` uses a reserved key.
+        ValueError: ``meta`` uses a reserved key.
     """
-    arch = getattr(model, "filterprune_cfg", None)
-    if not isinstance(arch, dict) or "name" not in arch:
-        raise ValueError("model has no filterprune_cfg; build it with filterprune.models.create_model")
     clash = sorted(set(meta or {}) & set(RESERVED))
     if clash:
         raise ValueError(f"meta keys {clash} are reserved")
-    record = {"format": FORMAT, "arch": dict(arch), "modules": module_shapes(model),
-              "code_version": _code_version(), **(meta or {})}
-    return save_checkpoint(path, model.state_dict(), record)
+    cfg = getattr(model, "filterprune_cfg", None)
+    arch = dict(cfg) if isinstance(cfg, dict) and cfg else {}
+    arch.setdefault("class", f"{type(model).__module__}.{type(model).__qualname__}")
+    record: dict[str, Any] = {"format": FORMAT, "arch": arch, "modules": module_shapes(model),
+                              "code_version": _code_version()}
+    shapes = _input_shapes(example_inputs) if example_inputs is not None else None
+    if shapes is not None:
+        record["inputs"] = shapes
+    return save_checkpoint(path, model.state_dict(), {**record, **(meta or {})})
 
 
-def load_model(path: PathLike) -> nn.Module:
-    """Rebuild the model saved at ``path``, at its saved widths, in eval mode.
+def _build_registered(path: Path, arch: dict[str, Any], modules: dict[str, Any],
+                      state: Mapping[str, Tensor]) -> nn.Module:
+    """Build the registry model ``arch`` names, after checking it on the ``meta`` device (no memory)."""
+    from ..models import create_model, list_models
+
+    args = {k: v for k, v in arch.items() if k not in ("name", "class")}
+    name = arch["name"]
+    if name not in list_models():
+        raise CheckpointError(f"{path}: model {name!r} is not registered in this process; import the module that "
+                              "registers it (@filterprune.register_model), or pass model=YourModel() to load")
+    try:
+        with torch.device("meta"):
+            probe = create_model(name, **args)
+    except Exception as e:  # noqa: BLE001 - whatever the entrypoint raises on these arguments
+        raise CheckpointError(f"{path}: cannot build {name} with {args} ({type(e).__name__}: {e})") from None
+    check_arch_size(path, probe, state)
+    validated_widths(path, probe, state, modules)
+    return create_model(name, **args)
+
+
+def load_model(path: PathLike, model: nn.Module | None = None) -> nn.Module:
+    """Load the model saved at ``path`` at its saved widths, in eval mode.
+
+    Args:
+        path: a file written by :func:`save_model` (or by an older filterprune, format /1).
+        model: a freshly built, unpruned instance of the saved class; it is resized in place and
+            returned. Leave it out for registry models (``arch`` names a registered model).
 
     Raises:
-        CheckpointError: the file is missing, truncated, corrupt, not a filterprune model, or does not
-            match the architecture it names.
+        CheckpointError: the file is missing, truncated, corrupt or fails its digest; its metadata is
+            malformed, names attributes that are not channel attributes, widths that disagree with
+            its tensors or an architecture far larger than the file; the tensors do not fit ``model``.
     """
-    from ..models import create_model
-
+    path = Path(path)
     state, meta = read_checkpoint(path)
-    if meta.get("format") != FORMAT or "arch" not in meta:
-        raise CheckpointError(f"{path}: not a filterprune model checkpoint (format {meta.get('format')!r})")
-    arch = dict(meta["arch"])
+    record = validated_record(path, meta, READABLE)
+    arch = record["arch"]
+    if model is None:
+        if "name" not in arch:
+            held = arch.get("class", "a model")
+            raise CheckpointError(f"{path}: holds a {held}, not a registered model; load it with "
+                                  f"filterprune.load(path, model=<a fresh {held.rsplit('.', 1)[-1]}>)")
+        model = _build_registered(path, arch, record["modules"], state)
+    elif "class" in arch and arch["class"].rsplit(".", 1)[-1] != type(model).__qualname__.rsplit(".", 1)[-1]:
+        raise CheckpointError(f"{path}: holds a {arch['class']}, got a {type(model).__qualname__} to load it into")
+    widths = validated_widths(path, model, state, record["modules"])
+    resize(model, widths, state)
     try:
-        model = create_model(arch.pop("name"), **arch)
-        resize(model, meta.get("modules", {}), state)
         model.load_state_dict(state, strict=True)
-    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path}: does not match its architecture ({reason})") from None
-    logger.debug("loaded %s (%s)", path, meta["arch"].get("name"))
-    return model.eval()
+    except RuntimeError as e:
+        reason = " ".join(str(e).split())[:300]
+        raise CheckpointError(f"{path}: does not fit {type(model).__name__} ({reason})") from None
+    model.eval()
+    if "inputs" in record:
+        check_inputs_run(path, model, record["inputs"])
+    logger.debug("loaded %s (%s)", path, arch.get("name") or arch.get("class"))
+    return model
