@@ -30,10 +30,10 @@ def usernets():
     return module
 
 
-def _pruned(cls, x, criterion="l1", **kw):
+def _pruned(cls, x, criterion="l1", ratio=0.4, **kw):
     torch.manual_seed(0)
     model = cls()
-    fp.prune(model, x, criterion, ratio=0.4, **kw)
+    fp.prune(model, x, criterion, ratio=ratio, **kw)
     return model.eval()
 
 
@@ -107,5 +107,23 @@ def test_registered_user_model_loads_by_name(tmp_path):
     fp.prune(model, x, "l1", ratio=0.5)
     loaded = fp.load(fp.save(model.eval(), tmp_path / "m.safetensors", example_inputs=x))
     assert loaded[0].out_channels == 6 and loaded.filterprune_cfg == model.filterprune_cfg
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+
+
+def test_user_layer_registered_as_a_layer_op_round_trips(tmp_path, usernets):
+    """A custom layer declares ``num_in`` through ``fp.register_layer_op``: saved and restored with it."""
+    from filterprune.graph.check import apply_plan_checked
+    from filterprune.graph.groups import PrunePlan
+    from filterprune.graph.trace import trace_groups
+
+    torch.manual_seed(0)
+    model, x = usernets.RouteNet().eval(), torch.randn(2, 3, 6, 6)
+    # stem channels 1, 2, 4, 6 are read by no output of the router; route output 1 is removed too
+    apply_plan_checked(model, trace_groups(model, x), PrunePlan({"stem": [1, 2, 4, 6], "route": [1]}), x)
+    assert model.route.num_in == 4
+    path = fp.save(model, tmp_path / "r.safetensors", example_inputs=x)
+    loaded = fp.load(path, model=usernets.RouteNet())
+    assert loaded.route.num_in == 4 and torch.equal(loaded.route.index, model.route.index)
     with torch.no_grad():
         assert torch.equal(loaded(x), model(x))
