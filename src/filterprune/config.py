@@ -7,17 +7,90 @@ raise a one-line ``ValueError`` naming the key.
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
 
+from .errors import ConfigError
 from .types import PathLike
 
 C = TypeVar("C")
+
+# ---- range checks: every config field that has a range says so here, once --------------------------
+FLATTENED = ("train", "prune")  # nested configs whose flags carry no prefix (--epochs, --criterion)
+DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+MAX_WIDTH_MULT = 16.0  # a 16x wider ResNet-56 already has 220M parameters
+MAX_SEED = 2**63 - 1
+
+
+def flag_for(key: str) -> str:
+    """The CLI flag of a dotted config key: ``train.lr`` -> ``--lr``, ``finetune.lr`` -> ``--finetune-lr``."""
+    *parents, leaf = key.split(".")
+    prefix = "".join(f"{p}-" for p in parents if p not in FLATTENED)
+    return "--" + (prefix + leaf).replace("_", "-")
+
+
+def config_error(key: str, problem: str) -> ConfigError:
+    """A :class:`ConfigError` whose message names the flag and, for nested keys, the config key."""
+    where = f"{flag_for(key)} ({key})" if "." in key else flag_for(key)
+    return ConfigError(f"{where} {problem}", key, problem)
+
+
+def _real(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+Rule = tuple[Callable[[Any], bool], str]
+POSITIVE_INT: Rule = (lambda v: isinstance(v, int) and v >= 1, "must be an integer >= 1")
+COUNT: Rule = (lambda v: isinstance(v, int) and v >= 0, "must be an integer >= 0")
+POSITIVE: Rule = (lambda v: _real(v) and v > 0, "must be a finite number > 0")
+NON_NEGATIVE: Rule = (lambda v: _real(v) and v >= 0, "must be a finite number >= 0")
+FRACTION: Rule = (lambda v: _real(v) and 0 <= v < 1, "must be a fraction in [0, 1)")
+OPEN_FRACTION: Rule = (lambda v: _real(v) and 0 < v < 1, "must be a fraction in (0, 1)")
+SEED: Rule = (lambda v: isinstance(v, int) and 0 <= v <= MAX_SEED, "must be an integer in [0, 2**63)")
+
+
+def _optional(rule: Rule) -> Rule:
+    test, text = rule
+    return (lambda v: v is None or test(v)), text
+
+
+def check_fields(cfg: Any, rules: dict[str, Rule]) -> None:
+    """Raise :class:`ConfigError` for the first field of ``cfg`` that breaks its rule."""
+    for name, (test, text) in rules.items():
+        value = getattr(cfg, name)
+        if not test(value):
+            raise config_error(name, f"{text}, got {value!r}")
+
+
+def check_device_name(device: str, key: str = "device") -> None:
+    """Refuse a device string that is none of ``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps``."""
+    if not isinstance(device, str) or not DEVICE_RE.match(device):
+        raise config_error(key, f"must be auto, cpu, cuda, cuda:N or mps, got {device!r}")
+
+
+def check_device_available(device: str, key: str = "device") -> None:
+    """Refuse a device this machine's torch cannot use (``cuda`` on a CPU-only build, a missing GPU)."""
+    check_device_name(device, key)
+    import torch  # deferred: the configs themselves never need torch
+
+    kind, _, index = device.partition(":")
+    if kind == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            build = "a CPU-only torch build" if torch.version.cuda is None else "no visible GPU"
+            raise config_error(key, f"asks for {device} but this machine has {build}; pass --device cpu or auto")
+        if index and int(index) >= n:
+            raise config_error(key, f"asks for {device} but only {n} GPU(s) are visible (cuda:0..cuda:{n - 1})")
+    if kind == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise config_error(key, "asks for mps but this machine has no MPS device; pass --device cpu or auto")
 
 
 @dataclass(frozen=True)
@@ -64,16 +137,20 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.schedule not in ("cosine", "step", "constant"):
-            raise ValueError(f"train.schedule must be cosine, step or constant, not {self.schedule!r}")
+            raise config_error("schedule", f"must be cosine, step or constant, got {self.schedule!r}")
         if self.amp not in ("bf16", "fp16", "off"):
-            raise ValueError(f"train.amp must be bf16, fp16 or off, not {self.amp!r}")
-        for name in ("epochs", "batch_size", "eval_batch_size"):
-            if getattr(self, name) < (0 if name == "epochs" else 1):
-                raise ValueError(f"train.{name} must be positive, got {getattr(self, name)}")
-        if self.keep_checkpoints < 0:
-            raise ValueError(f"train.keep_checkpoints must be >= 0 (0 keeps all), got {self.keep_checkpoints}")
-        if self.lr < 0 or self.weight_decay < 0 or not 0 <= self.momentum < 1:
-            raise ValueError("train.lr and train.weight_decay must be >= 0 and train.momentum in [0, 1)")
+            raise config_error("amp", f"must be bf16, fp16 or off, got {self.amp!r}")
+        check_fields(self, {
+            "epochs": COUNT, "batch_size": POSITIVE_INT, "eval_batch_size": POSITIVE_INT, "lr": POSITIVE,
+            "momentum": FRACTION, "weight_decay": NON_NEGATIVE, "warmup_epochs": NON_NEGATIVE,
+            "gamma": (lambda v: _real(v) and 0 < v <= 1, "must be a factor in (0, 1]"),
+            "label_smoothing": FRACTION, "seed": SEED,
+            "keep_checkpoints": (COUNT[0], "must be an integer >= 0 (0 keeps all)"),
+        })  # fmt: skip
+        if any(not isinstance(m, int) or m < 1 for m in self.milestones) or list(self.milestones) != sorted(
+                set(self.milestones)):
+            raise config_error("milestones", f"must be increasing epochs >= 1, got {list(self.milestones)}")
+        check_device_name(self.device)
 
 
 @dataclass(frozen=True)
@@ -89,6 +166,10 @@ class CSGDConfig:
 
     squeeze_to: float = 0.0
     options: str = ""
+
+    def __post_init__(self) -> None:
+        check_fields(self, {"squeeze_to": NON_NEGATIVE})
+        parse_options(self.options, key="options")
 
 
 @dataclass(frozen=True)
@@ -116,9 +197,13 @@ class RunConfig:
     csgd: CSGDConfig = field(default_factory=CSGDConfig)
 
     def __post_init__(self) -> None:
+        check_fields(self, {
+            "width_mult": (lambda v: _real(v) and 0 < v <= MAX_WIDTH_MULT, f"must be in (0, {MAX_WIDTH_MULT:g}]"),
+            "val_fraction": _optional(OPEN_FRACTION),
+        })  # fmt: skip
         if self.csgd.squeeze_to and not 0 < self.csgd.squeeze_to < self.width_mult:
-            raise ValueError(f"csgd.squeeze_to ({self.csgd.squeeze_to:g}) must lie between 0 and width_mult "
-                             f"({self.width_mult:g})")
+            raise config_error("csgd.squeeze_to", f"must lie between 0 and --width-mult ({self.width_mult:g}), "
+                               f"got {self.csgd.squeeze_to:g}")
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -165,7 +250,12 @@ def from_dict(cls: type[C], data: dict[str, Any], prefix: str = "") -> C:
     if unknown:
         raise ValueError(f"unknown config key(s): {', '.join(prefix + k for k in unknown)}")
     kwargs = {k: _coerce(prefix + k, hints[k], v) for k, v in data.items()}
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigError as e:
+        if not prefix or e.key.startswith(prefix):
+            raise
+        raise config_error(prefix + e.key, e.problem) from None
 
 
 def load_yaml(cls: type[C], path: PathLike) -> C:
@@ -239,12 +329,26 @@ class PruneConfig:
     criterion_options: str = ""
     step_ratio: float | None = None
 
+    def __post_init__(self) -> None:
+        check_fields(self, {
+            "target_macs": _optional(FRACTION), "target_params": _optional(FRACTION), "ratio": _optional(FRACTION),
+            "steps": POSITIVE_INT, "step_finetune_epochs": COUNT, "min_channels": POSITIVE_INT,
+            "round_to": POSITIVE_INT, "num_batches": POSITIVE_INT, "seed": SEED,
+            "step_ratio": _optional(OPEN_FRACTION),
+        })  # fmt: skip
+        given = [k for k in ("target_macs", "target_params", "ratio") if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise config_error(given[1], f"cannot be combined with {flag_for(given[0])}: give one target")
+        if not isinstance(self.criterion, str) or not self.criterion:
+            raise config_error("criterion", f"must name a criterion, got {self.criterion!r}")
+        parse_options(self.criterion_options, key="criterion_options")
+
     def criterion_kwargs(self) -> dict[str, Any]:
         """``criterion_options`` as a dict: ``"a=1,b=max"`` -> ``{"a": 1, "b": "max"}``."""
         return parse_options(self.criterion_options)
 
 
-def parse_options(text: str) -> dict[str, Any]:
+def parse_options(text: str, key: str = "criterion_options") -> dict[str, Any]:
     """Parse ``key=value,key=value``; values are Python literals where they parse, else strings.
 
     >>> parse_options("n_components=2,pooling=max,scale=True")
@@ -253,14 +357,18 @@ def parse_options(text: str) -> dict[str, Any]:
     import ast
 
     out: dict[str, Any] = {}
+    if not isinstance(text, str):
+        raise config_error(key, f"must be a key=value,key=value string, got {text!r}")
     for item in filter(None, (part.strip() for part in text.split(","))):
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"criterion option {item!r} is not key=value")
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip().isidentifier():
+            raise config_error(key, f"takes key=value,key=value; {item!r} is not key=value")
+        if name.strip() in out:
+            raise config_error(key, f"gives {name.strip()!r} twice")
         try:
-            out[key.strip()] = ast.literal_eval(value.strip())
-        except (ValueError, SyntaxError):
-            out[key.strip()] = value.strip()
+            out[name.strip()] = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
+            out[name.strip()] = value.strip()
     return out
 
 
@@ -285,3 +393,6 @@ class PruneRunConfig:
     out: str = "runs/prune"
     prune: PruneConfig = field(default_factory=PruneConfig)
     finetune: TrainConfig = field(default_factory=_finetune_default)
+
+    def __post_init__(self) -> None:
+        check_fields(self, {"val_fraction": _optional(OPEN_FRACTION)})

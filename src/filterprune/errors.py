@@ -15,3 +15,16 @@ class CheckpointError(FilterpruneError):
 
 class PruningError(FilterpruneError):
     """A pruning request that cannot be carried out correctly (unreachable target, untraceable op)."""
+
+
+class ConfigError(FilterpruneError, ValueError):
+    """A configuration value out of its range; the message names the CLI flag and the config key.
+
+    Attributes:
+        key: the dotted config key (``train.lr``), relative (``lr``) until the enclosing config names it.
+        problem: what is wrong, e.g. ``must be > 0 and finite, got 0.0``.
+    """
+
+    def __init__(self, message: str, key: str = "", problem: str = "") -> None:
+        super().__init__(message)
+        self.key, self.problem = key, problem

@@ -65,7 +65,7 @@ def test_info_lists_models_and_criteria(capsys):
 
 
 @pytest.mark.parametrize("argv,needle", [
-    (["train", "--model", "resnet7", "--data", "digits"], "unknown model 'resnet7'"),
+    (["train", "--model", "resnet7", "--data", "digits"], "'resnet7' is not a registered model"),
     (["train", "--data", "/nonexistent/place"], "/nonexistent/place"),
     (["eval", "--model", "resnet20", "--weights", "/nonexistent.th", "--data", "digits"], "nonexistent.th"),
     (["train", "--config", "/nonexistent.yaml"], "nonexistent.yaml"),

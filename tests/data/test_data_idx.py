@@ -13,6 +13,8 @@ from filterprune.data import load_data
 from filterprune.data.idx import DEBIAN_FASHION_MNIST, FILES, read_idx
 from filterprune.errors import DataError
 
+pytestmark = pytest.mark.usefixtures("unknown_counts")  # the fakes are tiny
+
 
 def write_idx(path: Path, arr: np.ndarray, gz: bool) -> None:
     raw = (
@@ -49,7 +51,7 @@ def test_read_idx_round_trip(tmp_path, gz):
     [
         (b"\x00\x00\x0d\x01\x00\x00\x00\x01abcd", "uint8 IDX"),
         (b"\x00\x00\x08\x02\x00\x00\x00\x02", "header"),
-        (b"\x00\x00\x08\x01\x00\x00\x00\x05ab", "damaged"),
+        (b"\x00\x00\x08\x01\x00\x00\x00\x05ab", "truncated"),
         (b"PK\x03\x04", "uint8 IDX"),
     ],  # fmt: skip
 )

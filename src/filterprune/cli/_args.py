@@ -1,11 +1,39 @@
-"""Flags generated from config dataclass fields, so the CLI and the configs never drift apart."""
+"""Flags generated from config dataclass fields, so the CLI and the configs never drift apart; and the
+checks every command runs on its arguments before it loads data or writes a file.
+
+Ranges live on the config dataclasses (``config.py``); what needs a registry or the machine is checked
+here: criterion and model names (with the valid ones listed), criterion option keys (derived from the
+criterion's signature or the method's options dataclass), values (by building the criterion), device
+availability, that the data spec names something that exists, and that a checkpoint's input shape and
+classes fit a named dataset's. Errors are one line; the parser's own errors are one line too.
+"""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import typing
-from typing import Any
+from pathlib import Path
+from typing import Any, NoReturn
+
+from ..config import (
+    PruneConfig,
+    PruneRunConfig,
+    RunConfig,
+    check_device_available,
+    config_error,
+    flag_for,
+    parse_options,
+)
+from ..errors import CheckpointError
+
+
+class Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors are one line on stderr (no usage block), exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
 
 
 def _parse_bool(text: str) -> bool:
@@ -90,4 +118,167 @@ def resolve_config(args: argparse.Namespace, cls: type[Any]) -> Any:
     from ..config import from_dict, load_yaml, merge
 
     cfg = load_yaml(cls, args.config) if args.config else from_dict(cls, {})
-    return merge(cfg, overrides(args, cls))
+    return validate_config(merge(cfg, overrides(args, cls)))
+
+
+# ---- checks that need a registry, the file system or the machine ----------------------------------------
+
+def training_methods() -> dict[str, type]:
+    """Criteria that are training-time methods, with the options dataclass each takes (``csgd``)."""
+    from ..methods.csgd_run import CSGDOptions
+
+    return {"csgd": CSGDOptions}
+
+
+def criterion_options() -> dict[str, list[str]]:
+    """Every name ``--criterion`` takes, with the option keys each accepts (from its signature or fields)."""
+    from ..criteria import CRITERIA, list_criteria
+
+    names = {n: sorted(inspect.signature(CRITERIA.get(n)).parameters) for n in list_criteria()}
+    names.update({n: [f.name for f in dataclasses.fields(cls)] for n, cls in training_methods().items()})
+    return dict(sorted(names.items()))
+
+
+def check_criterion(name: str, options: str = "", key: str = "prune.criterion") -> None:
+    """Refuse an unknown criterion name, an option key it does not take, or an option value it refuses."""
+    valid = criterion_options()
+    if name not in valid:
+        raise config_error(key, f"{name!r} is not a criterion; valid: {', '.join(valid)}")
+    opts_key = key.rpartition(".")[0] + ".criterion_options" if "." in key else "criterion_options"
+    check_options(name, parse_options(options, key=opts_key), opts_key)
+
+
+def check_options(name: str, kwargs: dict[str, Any], key: str) -> None:
+    """Refuse option keys criterion/method ``name`` does not take (listing those it does), then bad values."""
+    valid = criterion_options()[name]
+    unknown = sorted(set(kwargs) - set(valid))
+    if unknown:
+        raise config_error(key, f"{', '.join(map(repr, unknown))}: not an option of {name}; valid: "
+                           f"{', '.join(valid) or 'none'}")
+    try:
+        if name in training_methods():
+            training_methods()[name].from_kwargs(kwargs)
+        elif kwargs:
+            from ..criteria import create_criterion
+
+            create_criterion(name, **kwargs)
+    except (TypeError, ValueError) as e:
+        raise config_error(key, f"refused by {name}: {str(e).strip().splitlines()[0]}") from None
+
+
+def check_model_name(model: str, key: str = "model") -> None:
+    """Refuse a model name that is not registered (``package.module:factory`` forms are left to the loader)."""
+    if not model or ":" in model or "." in model:
+        return
+    from ..models import list_models
+
+    if model not in list_models():
+        raise config_error(key, f"{model!r} is not a registered model; valid: {', '.join(list_models())}")
+
+
+def check_data_spec(spec: str, key: str = "data") -> None:
+    """Refuse a ``--data`` that is neither a registered dataset (with an existing path after ``:``) nor a path."""
+    from ..data import list_datasets
+
+    name, colon, arg = spec.partition(":")
+    if name in list_datasets():
+        if colon and name == "digits":
+            raise config_error(key, f"{spec!r}: digits takes no argument; pass digits")
+        if colon and not Path(arg).expanduser().exists():
+            raise config_error(key, f"{spec!r}: {arg} does not exist; pass {name}:PATH with an existing path")
+        return
+    if not Path(spec).expanduser().exists():
+        raise config_error(key, f"{spec!r} is neither a path that exists nor a dataset "
+                           f"({', '.join(list_datasets())}); pass a dataset name or a path")
+
+
+def check_weights_file(path: str, key: str) -> None:
+    """Refuse a weights path that is not a file (``auto`` and empty pass)."""
+    if path and path != "auto" and not Path(path).expanduser().is_file():
+        raise CheckpointError(f"{flag_for(key)} {path}: no such file; pass an existing checkpoint or auto")
+
+
+def expected_input(model: str, weights: str):
+    """What the model will expect, known before data is loaded (``None`` when it adapts to the data)."""
+    from ..inputs import checkpoint_spec, model_spec
+
+    if weights.endswith(".safetensors") and Path(weights).is_file():
+        return checkpoint_spec(weights)
+    if weights == "auto" and model and ":" not in model:
+        from ..models import create_model
+
+        return model_spec(create_model(model))  # the published weights' shapes: the defaults
+    return None
+
+
+def check_model_fits_data(model: str, weights: str, data: str) -> None:
+    """Refuse a checkpoint whose input channels / classes / size a named dataset does not give."""
+    from ..inputs import check_fits, data_spec
+
+    given = data_spec(data)
+    if given is not None:
+        check_fits(expected_input(model, weights), given, weights if weights != "auto" else f"{model} (auto weights)",
+                   f"--data {data}")
+
+
+def validate_config(cfg: Any) -> Any:
+    """Every check of a resolved run config that needs more than its own fields; returns ``cfg``."""
+    if isinstance(cfg, RunConfig):
+        check_model_name(cfg.model)
+        check_weights_file(cfg.pretrained, "pretrained")
+        check_data_spec(cfg.data)
+        check_device_available(cfg.train.device, "train.device")
+        if cfg.csgd.squeeze_to or cfg.csgd.options:
+            check_options("csgd", parse_options(cfg.csgd.options, key="csgd.options"), "csgd.options")
+        check_model_fits_data(cfg.model, cfg.pretrained, cfg.data)
+    elif isinstance(cfg, PruneRunConfig):
+        check_model_name(cfg.model)
+        if not cfg.weights and not cfg.model:
+            raise config_error("weights", "is required (a trained checkpoint), or --model for a fresh model")
+        if cfg.weights == "auto" and not cfg.model:
+            raise config_error("weights", "auto needs --model to know which published weights to take")
+        check_weights_file(cfg.weights, "weights")
+        check_data_spec(cfg.data)
+        check_device_available(cfg.finetune.device, "finetune.device")
+        check_prune(cfg.prune)
+        check_model_fits_data(cfg.model, cfg.weights, cfg.data)
+    return cfg
+
+
+def check_prune(p: PruneConfig) -> None:
+    """The pruning request as a whole: a known criterion with valid options, and a target."""
+    check_criterion(p.criterion, p.criterion_options)
+    if p.target_macs is None and p.target_params is None and p.ratio is None and p.step_ratio is None:
+        raise config_error("prune.target_macs", "or --target-params or --ratio is required: say how much to remove")
+
+
+def check_eval_args(args: argparse.Namespace) -> None:
+    """``filterprune eval``'s flags, before the data is loaded."""
+    check_model_name(args.model or "")
+    if not args.weights and not args.model:
+        raise config_error("weights", "is required (a checkpoint), or --model with --weights auto/FILE")
+    if args.weights and not args.weights.endswith(".safetensors") and not args.model:
+        raise config_error("model", f"is required with --weights {args.weights} (only a filterprune .safetensors "
+                           "names its own model)")
+    check_weights_file(args.weights or "", "weights")
+    check_data_spec(args.data)
+    check_device_available(args.device)
+    if args.batch_size < 1:
+        raise config_error("batch_size", f"must be an integer >= 1, got {args.batch_size}")
+    check_model_fits_data(args.model or "", args.weights or "", args.data)
+
+
+def check_info_args(args: argparse.Namespace) -> None:
+    """``filterprune info``'s flags, before the model is built."""
+    check_model_name(args.model or "")
+    check_weights_file(args.weights or "", "weights")
+    if args.input_size is not None and min(args.input_size) < 1:
+        raise config_error("input_size", f"must be three sizes >= 1 (C H W), got {' '.join(map(str, args.input_size))}")
+
+
+def check_demo_args(args: argparse.Namespace) -> None:
+    """``filterprune demo``'s flags, before it trains."""
+    from ..config import FRACTION, check_fields
+
+    check_criterion(args.criterion, key="criterion")
+    check_fields(args, {"target_macs": FRACTION})

@@ -23,7 +23,9 @@ def run(args: argparse.Namespace) -> int:
     import logging
 
     from ..workflows.demo import run_demo
+    from ._args import check_demo_args
 
+    check_demo_args(args)
     if not args.verbose:
         logging.getLogger("filterprune").setLevel(logging.WARNING)
 

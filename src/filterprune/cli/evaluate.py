@@ -20,7 +20,9 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..workflows.inspect import evaluate_model
+    from ._args import check_eval_args
 
+    check_eval_args(args)
     result = evaluate_model(args.model, args.weights, args.data, split=args.split, batch_size=args.batch_size,
                             device=args.device, download=args.download)
     print(json.dumps(result, indent=2))

@@ -17,7 +17,9 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..workflows.inspect import describe_model, registered
+    from ._args import check_info_args
 
+    check_info_args(args)
     print(registered() if args.list or not (args.model or args.weights) else
           describe_model(args.model, args.weights, args.input_size))
     return 0

@@ -12,12 +12,13 @@ from ..errors import FilterpruneError
 from ..utils.env import code_version
 from ..utils.progress import set_progress
 from . import demo, evaluate, info, prune, train
+from ._args import Parser
 
 COMMANDS = (demo, train, evaluate, info, prune)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="filterprune",
         description="Structured filter pruning for PyTorch CNNs (CAR, C-SGD, PLS+VIP and baselines).",
     )
@@ -28,6 +29,12 @@ def build_parser() -> argparse.ArgumentParser:
     for module in COMMANDS:
         module.add_parser(sub)
     return parser
+
+
+def one_line(e: BaseException) -> str:
+    """The error's message on one line (a message that spans lines is joined with "; ")."""
+    parts = [p.strip() for p in str(e).splitlines() if p.strip()]
+    return "; ".join(parts) or type(e).__name__
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -43,7 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (FilterpruneError, ValueError, FileNotFoundError, FileExistsError) as e:
         if args.debug:
             raise
-        print(f"filterprune {args.command}: error: {e}", file=sys.stderr)
+        print(f"filterprune {args.command}: error: {one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -20,7 +20,7 @@ from ..types import PathLike
 
 logger = logging.getLogger(__name__)
 
-CACHE_VERSION = 1  # bump when the decoded layout changes
+CACHE_VERSION = 2  # bump when the decoded layout or its verification changes (2: truncated tarballs refused)
 
 
 def default_cache_dir() -> Path:

@@ -22,6 +22,7 @@ import numpy as np
 
 from ..errors import DataError
 from ..types import PathLike
+from ._archive import iter_tar
 from ._safe_pickle import safe_loads
 
 logger = logging.getLogger(__name__)
@@ -85,15 +86,9 @@ def _read_members(src: OfficialSource) -> dict[str, bytes]:
     if src.kind == "dir":
         return {n: (src.path / n).read_bytes() for n in wanted if (src.path / n).is_file()}
     found: dict[str, bytes] = {}
-    try:
-        with tarfile.open(src.path, "r|*") as tf:
-            for m in tf:
-                name = PurePosixPath(m.name).name
-                if m.isfile() and name in wanted:
-                    fobj = tf.extractfile(m)
-                    found[name] = fobj.read() if fobj is not None else b""
-    except (tarfile.TarError, OSError, EOFError) as e:
-        raise DataError(f"{src.path}: not a readable tar archive ({type(e).__name__}: {e})") from None
+    for m, data in iter_tar(src.path, lambda m: PurePosixPath(m.name).name in wanted):
+        if data is not None:
+            found[PurePosixPath(m.name).name] = data
     return found
 
 

@@ -1,19 +1,20 @@
 """IDX files (the MNIST family's format) and Fashion-MNIST.
 
 An IDX file is: two zero bytes, a type code (0x08 = uint8), the number of dimensions, one big-endian
-int32 per dimension, then the row-major data. Files may be gzipped (detected by magic bytes).
+int32 per dimension, then the row-major data. Files may be gzipped (detected by magic bytes); they are
+streamed with a size cap, never inflated whole.
 Fashion-MNIST: H. Xiao, K. Rasul, R. Vollgraf, arXiv:1708.07747, 2017.
 """
 
 from __future__ import annotations
 
-import gzip
 import os
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import DataError
+from ._archive import READ_ERRORS, open_decompressed, reason, read_gzip_capped
 
 FASHION_MNIST_CLASSES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
@@ -28,30 +29,45 @@ FILES = {
 }
 
 
-def read_idx(path: Path) -> np.ndarray:
+MAX_IDX_BYTES = 1 << 30  # data bytes one IDX file may declare; Fashion-MNIST's largest holds 47 MB
+MAX_IDX_DIMS = 4
+
+
+def read_idx(path: Path, max_bytes: int = MAX_IDX_BYTES) -> np.ndarray:
     """Read a uint8 IDX file (optionally gzipped) into an array of its declared shape.
 
+    The file is streamed: the header is read first, the declared size checked against ``max_bytes``,
+    then exactly that many bytes are read, and one more read must find the end of the (gzip) stream,
+    where gzip checks its CRC-32 and length. A gzip bomb (a tiny header, gigabytes of data) is refused
+    after one byte too many, never inflated.
+
     Raises:
-        DataError: the file is missing, truncated, or not a uint8 IDX file.
+        DataError: the file is missing, truncated, longer than its header says, corrupt (gzip CRC),
+            declares more than ``max_bytes``, or is not a uint8 IDX file.
     """
     try:
-        raw = path.read_bytes()
-        if raw[:2] == b"\x1f\x8b":
-            raw = gzip.decompress(raw)
-    except (OSError, EOFError) as e:
-        raise DataError(f"{path}: cannot read ({type(e).__name__}: {e})") from None
-    if len(raw) < 4 or raw[:2] != b"\0\0" or raw[2] != 0x08 or raw[3] == 0:
-        raise DataError(f"{path}: not a uint8 IDX file; pass the MNIST-format *-ubyte files")
-    ndim = raw[3]
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise DataError(f"{path}: truncated IDX header")
-    shape = tuple(int(d) for d in np.frombuffer(raw, ">i4", count=ndim, offset=4))
-    if len(raw) - header != int(np.prod(shape)):
-        raise DataError(
-            f"{path}: IDX data holds {len(raw) - header} bytes, header says {shape}; the file is damaged"
-        )
-    return np.frombuffer(raw, np.uint8, offset=header).reshape(shape).copy()
+        with open(path, "rb") as f:
+            stream = open_decompressed(f)
+            head = stream.read(4)
+            if len(head) < 4 or head[:2] != b"\0\0" or head[2] != 0x08 or not 0 < head[3] <= MAX_IDX_DIMS:
+                raise DataError(f"{path}: not a uint8 IDX file (bad magic bytes {head.hex() or 'none'}); pass the "
+                                "MNIST-format *-ubyte files")
+            ndim = head[3]
+            dims = read_gzip_capped(path, stream, 4 * ndim, "IDX header")
+            shape = tuple(int(d) for d in np.frombuffer(dims, ">i4"))
+            size = int(np.prod(shape, dtype=np.int64))
+            if min(shape) < 0 or size > max_bytes:
+                raise DataError(f"{path}: IDX header declares shape {shape}, {size:,} bytes, over the "
+                                f"{max_bytes:,}-byte limit; the file is damaged or not a dataset")
+            raw = read_gzip_capped(path, stream, size, f"IDX data of shape {shape}")
+            if stream.read(1):
+                raise DataError(f"{path}: holds more data than its IDX header's shape {shape}; the file is "
+                                "damaged, fetch it again")
+    except DataError:
+        raise
+    except READ_ERRORS as e:
+        raise DataError(f"{path}: cannot read ({reason(e)}); fetch the file again") from None
+    return np.frombuffer(raw, np.uint8).reshape(shape).copy()
 
 
 def _find(folder: Path, stem: str) -> Path:

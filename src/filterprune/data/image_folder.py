@@ -9,6 +9,11 @@ Accepted sources:
 
 Images are decoded once with Pillow, converted to RGB, and cached as uint8 ``.npz`` (see ``_cache``).
 Classes are the sorted training folder names; within a class, images are in file-name order.
+
+Nothing is cached unless the whole source is verified: every tarball read to its end (``_archive``:
+truncation anywhere, CRC), every image decoded within Pillow's decompression-bomb limit
+(``Image.MAX_IMAGE_PIXELS``; its warning is an error here), no empty class folder, the same classes in
+train and test, one image size, and the caller's ``verify`` (e.g. CIFAR-10's known image counts).
 """
 
 from __future__ import annotations
@@ -16,8 +21,9 @@ from __future__ import annotations
 import io
 import logging
 import os
-import tarfile
 import time
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -27,6 +33,7 @@ from PIL import Image, UnidentifiedImageError
 from ..errors import DataError
 from ..types import PathLike
 from . import _cache
+from ._archive import iter_tar
 
 logger = logging.getLogger(__name__)
 
@@ -71,13 +78,29 @@ def find_image_source(path: Path) -> ImageSource | None:
     return None
 
 
+MAX_IMAGE_FILE_BYTES = 64 << 20  # one image file; a 32x32 JPEG is about 1 KB
+
+
 def decode_image(data: bytes, name: str) -> np.ndarray:
-    """Decode one image file's bytes to an RGB uint8 ``(H, W, 3)`` array."""
+    """Decode one image file's bytes to an RGB uint8 ``(H, W, 3)`` array.
+
+    Raises:
+        DataError: not an image Pillow reads, or more pixels than Pillow's decompression-bomb limit
+            ``PIL.Image.MAX_IMAGE_PIXELS`` (checked from the header, before anything is decoded).
+    """
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            return np.asarray(im.convert("RGB"), dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise DataError(f"{name}: not a readable image ({type(e).__name__}); remove or replace it") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as im:
+                return np.asarray(im.convert("RGB"), dtype=np.uint8)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise DataError(
+            f"{name}: refused as a decompression bomb ({str(e).split(',')[0]}, Pillow's "
+            "Image.MAX_IMAGE_PIXELS); remove the file or shrink the image"
+        ) from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DataError(f"{name}: not a readable image ({reason}); remove or replace it") from None
 
 
 def _parse(member: str) -> tuple[str, str, str] | None:
@@ -90,99 +113,164 @@ def _parse(member: str) -> tuple[str, str, str] | None:
     return parts[-3], parts[-2], parts[-1]
 
 
-def _list_dir(root: Path) -> list[tuple[str, str, Path]]:
-    entries = []
+def _class_dir(member: str) -> tuple[str, str] | None:
+    """``(split, class)`` for a class folder ``.../<split>/<class>``, else ``None``."""
+    parts = PurePosixPath(member).parts
+    if len(parts) < 2 or parts[-2] not in SPLITS or parts[-1].startswith("."):
+        return None
+    return parts[-2], parts[-1]
+
+
+@dataclass
+class _Scan:
+    """What a source holds: decoded images by (split, class, file) and every class folder seen."""
+
+    where: Path
+    images: dict[tuple[str, str, str], np.ndarray]
+    folders: set[tuple[str, str]]
+
+    def add(self, key: tuple[str, str, str], data: bytes, label: str) -> None:
+        if key in self.images:
+            raise DataError(f"{label}: appears twice; remove the duplicate")
+        if len(data) > MAX_IMAGE_FILE_BYTES:
+            raise DataError(f"{label}: {len(data):,} bytes, over the {MAX_IMAGE_FILE_BYTES:,}-byte limit for "
+                            "one image; remove it")
+        self.images[key] = decode_image(data, label)
+        self.folders.add(key[:2])
+
+
+def _scan_dir(root: Path, listed: list[tuple[str, str, Path]], folders: set[tuple[str, str]]) -> _Scan:
+    scan = _Scan(root, {}, set(folders))
+    for split, cls, path in listed:
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            raise DataError(f"{path}: cannot read ({e.strerror or type(e).__name__}); fix its permissions "
+                            "or remove it") from None
+        scan.add((split, cls, path.name), data, str(path))
+    return scan
+
+
+def _scan_tars(paths: tuple[Path, ...]) -> _Scan:
+    scan = _Scan(paths[0], {}, set())
+    for tar in paths:
+        def wanted(m) -> bool:
+            return _parse(m.name) is not None
+
+        for m, data in iter_tar(tar, wanted, max_member_bytes=MAX_IMAGE_FILE_BYTES):
+            if data is not None:
+                scan.add(_parse(m.name), data, f"{tar}:{m.name}")  # type: ignore[arg-type]
+            elif m.isdir() and _class_dir(m.name) is not None:
+                scan.folders.add(_class_dir(m.name))  # type: ignore[arg-type]
+    return scan
+
+
+def _list_dir(root: Path) -> tuple[list[tuple[str, str, Path]], set[tuple[str, str]]]:
+    """Image files ``(split, class, path)`` under ``root/{train,test}/<class>/`` and every class folder."""
+    entries, folders = [], set()
     for split in SPLITS:
         split_dir = root / split
         if not split_dir.is_dir():
             continue
         for cls_dir in (d for d in os.scandir(split_dir) if d.is_dir() and not d.name.startswith(".")):
+            folders.add((split, cls_dir.name))
             for f in os.scandir(cls_dir.path):
                 if f.is_file() and _parse(f"{split}/{cls_dir.name}/{f.name}"):
                     entries.append((split, cls_dir.name, Path(f.path)))
-    return entries
+    return entries, folders
 
 
-def _read_tars(paths: tuple[Path, ...]) -> list[tuple[str, str, str, bytes]]:
-    entries = []
-    for tar in paths:
-        try:
-            with tarfile.open(tar, "r|*") as tf:  # streaming: one pass over the compressed file
-                for m in tf:
-                    key = _parse(m.name) if m.isfile() else None
-                    if key is not None:
-                        fobj = tf.extractfile(m)
-                        entries.append((*key, fobj.read() if fobj is not None else b""))
-        except (tarfile.TarError, OSError, EOFError) as e:
-            raise DataError(f"{tar}: not a readable tar archive ({type(e).__name__}: {e})") from None
-    return entries
+def _assemble(scan: _Scan) -> dict[str, np.ndarray]:
+    """``{split}_images`` (N, 3, H, W), ``{split}_labels`` and ``classes`` from a verified scan.
 
-
-def _assemble(entries: list[tuple[str, str, str, bytes]], where: Path) -> dict[str, np.ndarray]:
-    """Decode sorted entries into ``{split}_images`` (N, 3, H, W), ``{split}_labels`` and ``classes``."""
-    entries.sort(key=lambda e: (e[0], e[1], e[2]))
-    classes = sorted({cls for split, cls, _, _ in entries if split == "train"})
+    Raises:
+        DataError: no training images, an empty class folder, train and test classes that differ, or
+            images of different sizes.
+    """
+    where = scan.where
+    have = {(s, c) for s, c, _ in scan.images}
+    empty = sorted(scan.folders - have)
+    if empty:
+        names = ", ".join(f"{s}/{c}" for s, c in empty[:5]) + (" ..." if len(empty) > 5 else "")
+        raise DataError(f"{where}: class folder(s) {names} hold no images; add the images or remove the folders")
+    classes = sorted(c for s, c in have if s == "train")
     if not classes:
         raise DataError(f"{where}: no training images found; pass a folder with train/<class>/<image> files")
+    test_classes = sorted(c for s, c in have if s == "test")
+    if test_classes and test_classes != classes:
+        only_train = sorted(set(classes) - set(test_classes))
+        only_test = sorted(set(test_classes) - set(classes))
+        raise DataError(
+            f"{where}: train and test have different classes (only in train: {only_train}, only in test: "
+            f"{only_test}); make the class folders match"
+        )
     index = {c: i for i, c in enumerate(classes)}
     out: dict[str, np.ndarray] = {"classes": np.array(classes, dtype=np.str_)}
     shape = None
     for split in SPLITS:
-        items = [e for e in entries if e[0] == split]
-        if not items:
+        keys = sorted(k for k in scan.images if k[0] == split)
+        if not keys:
             continue
-        unknown = sorted({cls for _, cls, _, _ in items} - index.keys())
-        if unknown:
-            raise DataError(
-                f"{where}: {split} classes {unknown} have no training images; make the class folders match"
-            )
-        images = None
-        for i, (_, cls, name, data) in enumerate(items):
-            img = decode_image(data, f"{where}:{split}/{cls}/{name}")
-            if images is None:
-                shape = shape or img.shape
-                images = np.empty((len(items), *shape), np.uint8)  # (N, H, W, 3)
+        for k in keys:
+            img = scan.images[k]
+            shape = shape or img.shape
             if img.shape != shape:
-                raise DataError(
-                    f"{split}/{cls}/{name}: size {img.shape[:2]} differs from {shape[:2]}; resize the images first"
-                )
-            images[i] = img
+                raise DataError(f"{where}:{'/'.join(k)}: size {img.shape[:2]} differs from {shape[:2]}; "
+                                "resize the images first")
+        images = np.stack([scan.images[k] for k in keys])  # (N, H, W, 3)
         out[f"{split}_images"] = np.ascontiguousarray(images.transpose(0, 3, 1, 2))  # (N, 3, H, W)
-        out[f"{split}_labels"] = np.array([index[cls] for _, cls, _, _ in items], np.int64)
+        out[f"{split}_labels"] = np.array([index[k[1]] for k in keys], np.int64)
     return out
 
 
-def read_image_source(src: ImageSource, cache_dir: PathLike | None = None) -> dict[str, np.ndarray]:
+Verify = Callable[[dict[str, np.ndarray], Path], None]
+
+
+def read_image_source(src: ImageSource, cache_dir: PathLike | None = None, verify: Verify | None = None
+                      ) -> dict[str, np.ndarray]:
     """Decoded arrays of ``src``, from the cache when its source files are unchanged.
+
+    Args:
+        src: the folder or tarballs.
+        cache_dir: cache root (``_cache.default_cache_dir()`` when ``None``).
+        verify: ``verify(arrays, where)`` raises ``DataError`` for data that must not be used (or
+            cached), e.g. a known dataset with the wrong number of images; it also runs on cache hits.
 
     Returns:
         ``classes``, ``train_images``, ``train_labels`` and, if there is a test split, ``test_images``
         and ``test_labels``; images uint8 ``(N, 3, H, W)``.
+
+    Raises:
+        DataError: a truncated or damaged tarball, an unreadable image or one over Pillow's
+            decompression-bomb limit, an empty class folder, train/test classes that differ, mixed image
+            sizes, or what ``verify`` refuses. Nothing is written to the cache then.
     """
     where = src.paths[0]
     if src.kind == "dir":
-        listed = _list_dir(where)
+        listed, folders = _list_dir(where)
         files = sorted(p for *_, p in listed)
+        if not listed:
+            raise DataError(
+                f"{where}: no images under train/<class>/; pass a folder with train/<class>/<image> files"
+            )
     else:
-        listed, files = [], list(src.paths)
-    if src.kind == "dir" and not listed:
-        raise DataError(
-            f"{where}: no images under train/<class>/; pass a folder with train/<class>/<image> files"
-        )
+        listed, folders, files = [], set(), list(src.paths)
     path = _cache.cache_path(
-        cache_dir, where.name.split(".")[0] or "images", _cache.source_key(files, src.kind)
+        cache_dir, where.name.split(".")[0] or "images",
+        _cache.source_key(files, f"{src.kind}:{sorted(folders)}"),  # an added empty folder is seen too
     )
     arrays = _cache.load_arrays(path)
     if arrays is not None:
         logger.info("loaded decoded images from cache %s", path)
+        if verify is not None:
+            verify(arrays, where)
         return arrays
     t0 = time.perf_counter()
-    if src.kind == "dir":
-        entries = [(s, c, p.name, p.read_bytes()) for s, c, p in listed]
-    else:
-        entries = _read_tars(src.paths)
-    logger.info("decoding %d images from %s (once; cached afterwards)", len(entries), where)
-    arrays = _assemble(entries, where)
-    logger.info("decoded in %.1f s", time.perf_counter() - t0)
+    logger.info("decoding images from %s (once; cached afterwards)", where)
+    scan = _scan_dir(where, listed, folders) if src.kind == "dir" else _scan_tars(src.paths)
+    arrays = _assemble(scan)
+    if verify is not None:
+        verify(arrays, where)
+    logger.info("decoded %d images in %.1f s", len(scan.images), time.perf_counter() - t0)
     _cache.save_arrays(path, arrays)
     return arrays

@@ -36,6 +36,14 @@ DEFAULT_VAL_FRACTION = 0.1
 DIGITS_TEST_FRACTION = 0.2
 DIGITS_TEST_SEED = 1797  # fixed: the digits test split never depends on the caller's seed
 
+# Image counts of the published datasets (balanced: the same number per class). A copy that holds
+# another number is incomplete (a truncated download, a lost folder) or mixed with other images.
+EXPECTED_COUNTS: dict[str, dict[str, int]] = {
+    "cifar10": {"train": 50_000, "test": 10_000},
+    "fashion-mnist": {"train": 60_000, "test": 10_000},
+}
+PRETTY = {"cifar10": "CIFAR-10", "fashion-mnist": "Fashion-MNIST"}
+
 DatasetFactory = Callable[..., DataSplits]
 DATASETS: Registry[DataSplits] = Registry("dataset")
 
@@ -100,6 +108,44 @@ def build_splits(
     return DataSplits(train=train, val=val, test=test, name=name)
 
 
+def check_counts(name: str, arrays: dict[str, np.ndarray], where: PathLike) -> None:
+    """Refuse a copy of a known dataset (``EXPECTED_COUNTS``) whose splits hold the wrong number of images.
+
+    Raises:
+        DataError: one line naming the split, the count found, the count expected and the classes off.
+    """
+    expected = EXPECTED_COUNTS.get(name)
+    if not expected:
+        return
+    n_classes = len(arrays["classes"])
+    for split, want in expected.items():
+        if f"{split}_labels" not in arrays:
+            continue
+        labels = arrays[f"{split}_labels"]
+        if len(labels) == want:
+            continue
+        per_class = want // n_classes
+        counts = np.bincount(labels, minlength=n_classes)
+        off = [f"{arrays['classes'][i]} {c:,}" for i, c in enumerate(counts) if c != per_class][:4]
+        raise DataError(
+            f"{where}: the {split} split holds {len(labels):,} images, {PRETTY.get(name, name)} has {want:,} "
+            f"({per_class:,} per class; {', '.join(off)}); the copy is incomplete or mixed, fetch it again"
+        )
+
+
+def _known_name(arrays: dict[str, np.ndarray]) -> str | None:
+    classes = tuple(str(c) for c in arrays["classes"])
+    if classes == CIFAR10_CLASSES and arrays["train_images"].shape[1:] == (3, 32, 32):
+        return "cifar10"
+    return None
+
+
+def _verify_known(arrays: dict[str, np.ndarray], where: PathLike) -> None:
+    name = _known_name(arrays)
+    if name is not None:
+        check_counts(name, arrays, where)
+
+
 def _frac(val_fraction: float | None) -> float:
     return DEFAULT_VAL_FRACTION if val_fraction is None else val_fraction
 
@@ -110,6 +156,7 @@ def _from_path(
     official = find_official_source(path)
     if official is not None:
         arrays = read_official(official)
+        check_counts("cifar10", arrays, official.path)
     else:
         source = find_image_source(path)
         if source is None:
@@ -117,10 +164,9 @@ def _from_path(
                 f"{path}: no dataset found; pass a folder with cifar-10-batches-py/, cifar-10-python.tar.gz, "
                 "train/<class>/<image> files or *_train.tar.gz of them"
             )
-        arrays = read_image_source(source, cache_dir)
+        arrays = read_image_source(source, cache_dir, verify=_verify_known)
     frac = _frac(val_fraction)
-    classes = tuple(str(c) for c in arrays["classes"])
-    if classes == CIFAR10_CLASSES and arrays["train_images"].shape[1:] == (3, 32, 32):
+    if _known_name(arrays) == "cifar10":
         return build_splits(
             "cifar10",
             arrays,
@@ -158,8 +204,10 @@ def _digits(arg: str | None, *, val_fraction: float | None, seed: int, **_) -> D
 @register_dataset("fashion-mnist")
 def _fashion_mnist(arg: str | None, *, val_fraction: float | None, seed: int, **_) -> DataSplits:
     """Fashion-MNIST from its four IDX files (``fashion-mnist:/folder`` or the default locations)."""
-    arrays = read_fashion_mnist(fashion_mnist_dir(arg))
+    folder = fashion_mnist_dir(arg)
+    arrays = read_fashion_mnist(folder)
     arrays["classes"] = np.array(FASHION_MNIST_CLASSES)
+    check_counts("fashion-mnist", arrays, folder)
     frac = _frac(val_fraction)
     return build_splits("fashion-mnist", arrays, val_fraction=frac, seed=seed, pad=2, flip=False)
 

@@ -35,6 +35,10 @@ def load_model(model: str | None, weights: str | None, ds: ArrayDataset | None =
         arch = getattr(net, "filterprune_cfg", {}) or {}
         if model and arch.get("name") not in (None, model):
             raise CheckpointError(f"{weights}: holds a {arch.get('name')}, not a {model}")
+        if ds is not None:  # before any long work: a checkpoint for other images or classes
+            from ..inputs import check_fits, dataset_spec, model_spec
+
+            check_fits(model_spec(net), dataset_spec(ds), weights, f"the data ({ds.name or 'loaded'})")
         return net
     if not model:
         raise ValueError("--model is required unless --weights is a filterprune .safetensors checkpoint")

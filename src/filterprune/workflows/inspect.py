@@ -24,6 +24,10 @@ def describe_model(model: str | None, weights: str | None, input_size: tuple[int
     from ..metrics import count, layer_table
 
     net = load_model(model, weights)
+    if input_size is not None:
+        from ..inputs import check_input_size
+
+        check_input_size(net, input_size, weights or model or "the model")
     if input_size is None:
         first = next(m for m in net.modules() if isinstance(m, torch.nn.Conv2d))
         side = getattr(net, "filterprune_cfg", {}).get("image_size", 8 if type(net).__name__ == "SmallConvNet" else 32)
