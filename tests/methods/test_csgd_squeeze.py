@@ -76,4 +76,4 @@ def test_prune_cli_runs_csgd_and_reports_the_trim(base_weights, tmp_path, capsys
     capsys.readouterr()
     bad = argv[:-4] + ["--criterion-options", "centripetal=0.1,nope=1", "--out", str(tmp_path / "bad")]
     assert main(bad) == 2
-    assert "unknown C-SGD option(s) nope" in capsys.readouterr().err
+    assert "'nope': not an option of csgd" in capsys.readouterr().err

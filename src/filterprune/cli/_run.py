@@ -21,11 +21,11 @@ def run_config(args: argparse.Namespace, cls: type[Any]) -> Any:
     ``config.yaml`` replaces the defaults, so only the flags typed now can differ from it."""
     from ..config import load_yaml, merge
     from ..utils.resume import saved_config
-    from ._args import overrides, resolve_config
+    from ._args import overrides, resolve_config, validate_config
 
     if not getattr(args, "resume", False):
         return resolve_config(args, cls)
     typed = overrides(args, cls)
     out = typed.get("out") or cls().out
     base = load_yaml(cls, args.config) if args.config else saved_config(cls, out)
-    return merge(base, {**typed, "out": out})
+    return validate_config(merge(base, {**typed, "out": out}))

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from ._archive import READ_ERRORS, open_decompressed, reason, read_gzip_capped
+from ._archive import READ_ERRORS, open_decompressed, read_gzip_capped, reason
 
 FASHION_MNIST_CLASSES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
