@@ -9,11 +9,13 @@ import torch
 
 from filterprune.api import prune, score
 from filterprune.criteria import list_criteria
-from filterprune.errors import CheckpointError, PruningError
+from filterprune.errors import PruningError
 from filterprune.graph.trace import trace_groups
 from filterprune.metrics import count
 from filterprune.models import create_model
+from filterprune.models.weights import PRETRAINED
 from models_zoo import PRUNABLE, build
+from shared_paths import PRETRAINED_DIR
 
 
 def _batches(x, n=2, classes=10):
@@ -41,10 +43,10 @@ def test_prune_every_criterion_on_every_topology(name, criterion):
 @pytest.mark.parametrize("pretrained", [False, True])
 def test_resnet20_half_macs_pruned_equals_masked(pretrained):
     torch.manual_seed(0)
-    try:
-        model = create_model("resnet20", pretrained=pretrained)
-    except CheckpointError:
-        pytest.skip("pretrained ResNet-20 weights not found")
+    weights = PRETRAINED_DIR / PRETRAINED["resnet20"].file  # passed explicitly: no lookup, no cwd
+    if pretrained and not weights.is_file():
+        pytest.skip(f"published ResNet-20 weights not in {PRETRAINED_DIR}")
+    model = create_model("resnet20", pretrained=str(weights) if pretrained else False)
     x = torch.randn(8, 3, 32, 32)
     with torch.no_grad():
         scale = float(model.eval()(x).abs().max())

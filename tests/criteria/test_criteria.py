@@ -153,13 +153,15 @@ def test_random_seeded():
     assert all(torch.equal(a[k], rev[k]) for k in a)
 
 
-def _taylor_brute_force(model: nn.Module, data, group_params: list[tuple[str, int]], size: int) -> torch.Tensor:
+def _taylor_brute_force(model: nn.Module, data, group_params: list[tuple[str, int]], size: int,
+                        train: bool = False) -> torch.Tensor:
     """mean_b (d/de L_b(theta + e * theta_S_c) at e=0)^2 per channel c, by central differences in float64.
 
     ``group_params`` lists (parameter name, dim) pairs whose index c along dim belongs to channel c.
-    No autograd and no slicing helper: an independent oracle for eq. (8).
+    No autograd and no slicing helper: an independent oracle for eq. (8). ``train``: BatchNorm uses
+    the batch statistics (the copy's running statistics change; the caller's model does not).
     """
-    model = copy.deepcopy(model).double().eval()
+    model = copy.deepcopy(model).double().train(train)
     params = dict(model.named_parameters())
     eps = 1e-5
     out = torch.zeros(size, dtype=torch.float64)
@@ -200,13 +202,25 @@ def test_taylor_includes_batchnorm():
     model, x, groups = two_conv()
     data = batches(2)
     only_bn = [type(g)(g.id, g.size, tuple(m for m in g.members if m.module_type == "BatchNorm2d")) for g in groups[:2]]
-    s = score("taylor", model, x, only_bn, data=data)
-    assert all(v.abs().sum() > 0 for v in s.values())
+    s = score("taylor", model, x, only_bn, data=data, num_batches=2)
+    for gid, bn, size in (("conv1", "bn1", 4), ("conv2", "bn2", 6)):
+        brute = _taylor_brute_force(model, data, [(f"{bn}.weight", 0), (f"{bn}.bias", 0)], size)
+        assert float(brute.min()) > 0  # gamma and beta matter: a score without them would be 0
+        torch.testing.assert_close(s[gid], brute, rtol=1e-3, atol=1e-9)
 
 
 def test_taylor_train_mode_keeps_running_stats():
     model, x, groups = two_conv()
     before = snapshot(model)
-    s = score("taylor", model, x, groups, data=batches(2), train_mode=True)
+    data = batches(2)
+    s = score("taylor", model, x, groups, data=data, num_batches=2, train_mode=True)
     assert_same(before, snapshot(model))
-    assert all(torch.isfinite(v).all() for v in s.values())
+    # the oracle in train mode (batch statistics): conv weights feeding a BN contribute ~0 there,
+    # gamma and beta carry the score
+    own = {"conv1": [("conv1.weight", 0), ("conv1.bias", 0), ("bn1.weight", 0), ("bn1.bias", 0)],
+           "conv2": [("conv2.weight", 0), ("bn2.weight", 0), ("bn2.bias", 0)]}
+    for gid, size in (("conv1", 4), ("conv2", 6)):
+        brute = _taylor_brute_force(model, data, own[gid], size, train=True)
+        torch.testing.assert_close(s[gid], brute, rtol=1e-3, atol=1e-9)
+    eval_scores = score("taylor", model, x, groups, data=data, num_batches=2)
+    assert not torch.allclose(s["conv2"], eval_scores["conv2"], rtol=1e-2)  # the mode matters

@@ -1,5 +1,3 @@
-from pathlib import Path
-
 import pytest
 import torch
 from torch import nn
@@ -8,8 +6,7 @@ from filterprune.errors import CheckpointError
 from filterprune.models import PRETRAINED, create_model, list_models
 from filterprune.models.cifar_resnet import PadShortcut
 from filterprune.models.weights import read_foreign_state_dict
-
-PRETRAINED_DIR = Path(__file__).resolve().parents[3] / "shared" / "data" / "pretrained"
+from shared_paths import PRETRAINED_DIR
 
 
 def test_registry_lists_and_filters():

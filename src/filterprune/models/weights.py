@@ -1,9 +1,9 @@
 """Known pretrained checkpoints and loading of foreign ``.th``/``.pt`` files without unpickling.
 
 The CIFAR ResNets come from akamaster/pytorch_resnet_cifar10 (BSD 2-Clause, Copyright (c) 2018, Yerlan
-Idelbayev). Files are looked up, in order, in ``$FILTERPRUNE_WEIGHTS``, ``~/.cache/filterprune/weights``
-and a ``shared/data/pretrained`` folder beside the working directory; ``download=True`` fetches the
-official file and checks its sha256.
+Idelbayev). Known files are looked up by name in :func:`weights_dirs` (``$FILTERPRUNE_WEIGHTS``, then
+the cache's ``weights`` folder; never the working directory), or given by an explicit path;
+``download=True`` fetches the official file into the first of those folders and checks its sha256.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from torch import nn
 
 from ..errors import CheckpointError
 from ..types import PathLike
+from ..utils.paths import cache_dir
 
 logger = logging.getLogger(__name__)
 
@@ -54,15 +55,14 @@ PRETRAINED: dict[str, WeightsCfg] = {
 }
 
 
-def _search_dirs() -> list[Path]:
-    dirs = []
-    if os.environ.get("FILTERPRUNE_WEIGHTS"):
-        dirs.append(Path(os.environ["FILTERPRUNE_WEIGHTS"]))
-    dirs.append(Path.home() / ".cache" / "filterprune" / "weights")
-    cwd = Path.cwd()
-    for base in (cwd, *cwd.parents[:2]):
-        dirs.append(base / "shared" / "data" / "pretrained")
-    return dirs
+def weights_dirs() -> list[Path]:
+    """Folders searched for known checkpoints, in order: ``$FILTERPRUNE_WEIGHTS`` (if set), then the
+    cache's ``weights`` folder (``$FILTERPRUNE_CACHE/weights``, else ``~/.cache/filterprune/weights``).
+
+    The working directory is never searched; pass a file path to use weights kept elsewhere.
+    """
+    env = os.environ.get("FILTERPRUNE_WEIGHTS")
+    return ([Path(env).expanduser()] if env else []) + [cache_dir("weights")]
 
 
 def sha256_of(path: PathLike) -> str:
@@ -96,21 +96,30 @@ def download_weights(cfg: WeightsCfg, dest_dir: PathLike, url: str | None = None
 
 
 def find_weights(name: str, *, download: bool = False) -> Path:
-    """Locate the known checkpoint for model ``name``, checking its sha256."""
+    """Locate the known checkpoint for model ``name`` in :func:`weights_dirs`, checking its sha256.
+
+    Args:
+        name: a key of :data:`PRETRAINED` (``"resnet20"``...).
+        download: fetch the official file into the first of :func:`weights_dirs` when it is not found.
+
+    Raises:
+        CheckpointError: unknown name, a found file whose sha256 differs, or not found (listing the
+            folders searched and what to do).
+    """
     if name not in PRETRAINED:
         raise CheckpointError(f"no known pretrained weights for {name!r}; known: {', '.join(PRETRAINED)}")
     cfg = PRETRAINED[name]
-    for d in _search_dirs():
+    for d in weights_dirs():
         path = d / cfg.file
         if path.is_file():
             if sha256_of(path) != cfg.sha256:
                 raise CheckpointError(f"{path}: sha256 does not match the published {cfg.file}")
             return path
     if download:
-        return download_weights(cfg, _search_dirs()[-4] if not os.environ.get("FILTERPRUNE_WEIGHTS") else _search_dirs()[0])
+        return download_weights(cfg, weights_dirs()[0])
     raise CheckpointError(
-        f"{cfg.file} not found in {', '.join(str(d) for d in _search_dirs())}; pass a file path, "
-        "set FILTERPRUNE_WEIGHTS, or allow the download"
+        f"{cfg.file} not found in {', '.join(str(d) for d in weights_dirs())}; pass a file path, "
+        "set FILTERPRUNE_WEIGHTS to its folder, or allow the download"
     )
 
 
