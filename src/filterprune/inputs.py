@@ -13,6 +13,7 @@ filterprune.errors.DataError: model.safetensors expects 3x32x32 images and 10 cl
 
 from __future__ import annotations
 
+import inspect
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,14 +46,27 @@ class InputSpec:
         return f"{c}x{s}x{s} images{classes}"
 
 
+def _fixed_side(net: nn.Module) -> int | None:
+    """The image side a model is built for, if its constructor takes ``image_size`` (a flatten into a
+    Linear fixes it); ``None`` for models that pool globally and take any size."""
+    side = (getattr(net, "filterprune_cfg", None) or {}).get("image_size")
+    if side is None:
+        try:
+            param = inspect.signature(type(net).__init__).parameters.get("image_size")
+        except (TypeError, ValueError):
+            param = None
+        side = param.default if param is not None and isinstance(param.default, int) else None
+    return int(side) if side is not None else None
+
+
 def model_spec(net: nn.Module) -> InputSpec | None:
     """From a built model: the first conv's input channels, the last Linear's outputs, its image size."""
     convs = [m for m in net.modules() if isinstance(m, nn.modules.conv._ConvNd)]
     if not convs:
         return None
     linears = [m for m in net.modules() if isinstance(m, nn.Linear)]
-    side = (getattr(net, "filterprune_cfg", None) or {}).get("image_size")
-    return InputSpec(convs[0].in_channels, int(side or NOMINAL_SIDE), linears[-1].out_features if linears else None,
+    side = _fixed_side(net)
+    return InputSpec(convs[0].in_channels, side or NOMINAL_SIDE, linears[-1].out_features if linears else None,
                      fixed_size=side is not None)
 
 
@@ -70,7 +84,9 @@ def checkpoint_spec(path: str | Path) -> InputSpec | None:
         if not convs:
             return None
         side = arch.get("image_size")
-        return InputSpec(int(convs[0]["in_channels"]), int(side or NOMINAL_SIDE),
+        recorded = meta.get("inputs") or []  # example input shapes, when the checkpoint recorded them
+        seen = int(recorded[0][-1]) if recorded and isinstance(recorded[0], list) and len(recorded[0]) == 3 else None
+        return InputSpec(int(convs[0]["in_channels"]), int(side or seen or NOMINAL_SIDE),
                          int(linears[-1]["out_features"]) if linears else None, fixed_size=side is not None)
     except Exception:  # noqa: BLE001 - a malformed header is the checkpoint loader's one-line error
         return None

@@ -193,9 +193,13 @@ def check_data_spec(spec: str, key: str = "data") -> None:
 
 
 def check_weights_file(path: str, key: str) -> None:
-    """Refuse a weights path that is not a file (``auto`` and empty pass)."""
-    if path and path != "auto" and not Path(path).expanduser().is_file():
-        raise CheckpointError(f"{flag_for(key)} {path}: no such file; pass an existing checkpoint or auto")
+    """Refuse a weights path that does not exist or is not a file (``auto`` and empty pass)."""
+    if not path or path == "auto":
+        return
+    p = Path(path).expanduser()
+    if not p.is_file():
+        problem = "not a file" if p.exists() else "no such file"
+        raise CheckpointError(f"{path}: {problem} ({flag_for(key)}); pass an existing checkpoint or auto")
 
 
 def expected_input(model: str, weights: str):

@@ -27,6 +27,7 @@ from typing import BinaryIO
 
 from ..errors import DataError
 
+TAR_SUFFIXES = (".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz", ".tar")
 BLOCK = 512
 END_OF_ARCHIVE = 2 * BLOCK  # two zero blocks
 MAX_TRAILING_BYTES = 1 << 20  # tar pads to its record size (10 KiB by default); 1 MiB is plenty

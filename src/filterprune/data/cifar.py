@@ -22,7 +22,7 @@ import numpy as np
 
 from ..errors import DataError
 from ..types import PathLike
-from ._archive import iter_tar
+from ._archive import READ_ERRORS, TAR_SUFFIXES, iter_tar
 from ._safe_pickle import safe_loads
 
 logger = logging.getLogger(__name__)
@@ -60,15 +60,15 @@ def _tar_is_official(path: Path) -> bool:
                     return True
                 if i >= 16:
                     return False
-    except (tarfile.TarError, OSError, EOFError) as e:
-        raise DataError(f"{path}: not a readable tar archive ({type(e).__name__}: {e})") from None
+    except READ_ERRORS:  # damaged: the image-folder reader reads it in full and says what is wrong
+        return False
     return False
 
 
 def find_official_source(path: Path) -> OfficialSource | None:
     """The official-format data at ``path`` (the folder, its parent, the archive or its folder), else ``None``."""
     if path.is_file():
-        is_tar = path.name.lower().endswith((".tar.gz", ".tgz", ".tar"))
+        is_tar = path.name.lower().endswith(TAR_SUFFIXES)
         return OfficialSource("tar", path) if is_tar and _tar_is_official(path) else None
     if not path.is_dir():
         return None

@@ -33,12 +33,11 @@ from PIL import Image, UnidentifiedImageError
 from ..errors import DataError
 from ..types import PathLike
 from . import _cache
-from ._archive import iter_tar
+from ._archive import TAR_SUFFIXES, iter_tar
 
 logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".gif", ".webp", ".tif", ".tiff")
-TAR_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 SPLITS = ("train", "test")
 
 
