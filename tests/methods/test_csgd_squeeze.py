@@ -35,9 +35,11 @@ def test_resnet20_x1_5_squeezes_to_exactly_resnet20():
 
 
 def test_train_cli_squeezes_a_wider_model(tmp_path):
+    # batch 32: enough steps (~90) for the BatchNorm running statistics to converge inside each collapsed
+    # cluster (momentum 0.1: 0.9**90 ~ 1e-4), which the trim now checks
     out = tmp_path / "wide"
     argv = ["-q", "train", "--model", "convnet_small", "--data", "digits", "--width-mult", "1.5", "--epochs", "2",
-            "--momentum", "0", "--lr", "0.01", "--schedule", "constant", "--device", "cpu", "--out", str(out),
+            "--batch-size", "32", "--momentum", "0", "--lr", "0.01", "--schedule", "constant", "--device", "cpu", "--out", str(out),
             "--csgd-squeeze-to", "1.0", "--csgd-options", "centripetal=49.9995,vector_ratio=1.0"]
     assert main(argv) == 0
     summary = json.loads((out / "summary.json").read_text())
@@ -61,7 +63,8 @@ def base_weights(tmp_path_factory):
 def test_prune_cli_runs_csgd_and_reports_the_trim(base_weights, tmp_path, capsys):
     out = tmp_path / "csgd"
     argv = ["-q", "prune", "--weights", str(base_weights), "--data", "digits", "--criterion", "csgd",
-            "--target-macs", "0.5", "--finetune-epochs", "2", "--finetune-momentum", "0", "--finetune-device", "cpu",
+            "--target-macs", "0.5", "--finetune-epochs", "2", "--finetune-batch-size", "32",
+            "--finetune-momentum", "0", "--finetune-device", "cpu",
             "--criterion-options", "centripetal=49.9995,vector_ratio=1.0,clustering=kmeans", "--out", str(out)]
     assert main(argv) == 0
     summary = json.loads((out / "summary.json").read_text())

@@ -6,7 +6,7 @@ import torch
 
 from filterprune.config import PruneConfig, PruneRunConfig
 from filterprune.data import BatchLoader, load_data
-from filterprune.workflows.prune_run import _car_eval_loader
+from filterprune.workflows._scored import car_eval_loader as _car_eval_loader
 
 
 def _images(loader) -> tuple[torch.Tensor, torch.Tensor]:

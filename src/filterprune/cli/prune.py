@@ -20,6 +20,11 @@ Example:
     augmented), remove about k=64 per step, re-score, until -50% MACs (car-classwise: per-class drops):
     filterprune prune --weights base.safetensors --data ../shared/data/cifar10 --criterion car \\
         --criterion-options k=64,eval_images=1000 --target-macs 0.5 --finetune-epochs 10 --out runs/car
+
+    A run is a recorded sequence of stages (run_state.json): after Ctrl-C, a kill, a crash or a refused
+    C-SGD trim, the folder keeps what was done and --resume continues it (same flags; more
+    --finetune-epochs extend it):
+    filterprune prune --resume --out runs/car
 """
 
 from __future__ import annotations
@@ -28,21 +33,23 @@ import argparse
 import json
 
 from ..config import PruneRunConfig
-from ._args import add_run_args, resolve_config
+from ._args import add_run_args
+from ._run import add_output_args, run_config
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("prune", help="prune a trained model and fine-tune it", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     add_run_args(p, PruneRunConfig)
+    add_output_args(p)
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..workflows.prune_run import run_prune
 
-    cfg = resolve_config(args, PruneRunConfig)
-    summary = run_prune(cfg, download=args.download)
+    cfg = run_config(args, PruneRunConfig)
+    summary = run_prune(cfg, download=args.download, resume=args.resume, overwrite=args.overwrite)
     print(summary.pop("table"))
     print(json.dumps({k: summary[k] for k in ("base", "pruned", "finetuned", "macs", "params")}, indent=2))
     print(f"wrote {cfg.out}/summary.json and {cfg.out}/model.safetensors")

@@ -18,6 +18,7 @@ clusters respect it (:func:`check_shortcuts`, which :func:`~filterprune.methods.
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ import torch
 from torch import nn
 
 from ..errors import PruningError
-from ..graph.check import evaluating
+from ..graph.check import apply_plan_checked, evaluating
 from ..graph.groups import ChannelGroup, PrunePlan
 from ..graph.ops import layer_op
 from ..graph.surgery import apply_plan, is_depthwise, weight_dim
@@ -167,6 +168,44 @@ def _outputs(model: nn.Module, example_inputs: Inputs) -> torch.Tensor:
         return torch.cat([t.detach().float().flatten() for t in flat_outputs(forward(model, example_inputs))])
 
 
+@torch.no_grad()
+def bn_stat_deviation(model: nn.Module, groups: Sequence[ChannelGroup], clusters: Clusters) -> tuple[float, str | None]:
+    """The largest relative intra-cluster deviation of a normalisation layer's running statistics.
+
+    For each clustered group and each of its BatchNorm members, ``||s - cluster means(s)|| / ||s||`` for
+    ``s`` = ``running_mean`` and ``running_var``: channels whose kernels collapsed but whose statistics
+    did not (BN frozen during training, too few steps since the collapse) still compute different
+    outputs in eval mode, so a trim that ignores them is not lossless.
+
+    Returns:
+        ``(worst, "module.running_var")`` (``(0.0, None)`` without tracked statistics).
+    """
+    by_id = {g.id: g for g in groups}
+    worst, where = 0.0, None
+    for gid, cl in clusters.items():
+        group = by_id.get(gid)
+        if group is None:
+            continue
+        labels = labels_of(cl, group.size)
+        counts = torch.tensor([float(len(c)) for c in cl], dtype=torch.float64)
+        for member in group.members_of("out"):
+            m = model.get_submodule(member.module)
+            if not isinstance(m, _NORM) or not m.track_running_stats or m.running_mean is None:
+                continue
+            index = torch.tensor([ix[0] for ix in member.idxs], dtype=torch.long)
+            for attr in ("running_mean", "running_var"):
+                v = getattr(m, attr).detach().cpu().double().index_select(0, index)  # (size,)
+                means = torch.zeros(len(cl), dtype=torch.float64).index_add_(0, labels, v) / counts
+                norm = float(v.norm())
+                rel = float((v - means[labels]).norm()) / norm if norm > 0 else 0.0
+                if rel > worst:
+                    worst, where = rel, f"{member.module}.{attr}"
+    return worst, where
+
+
+FORCE_HINT = "force the trim with the C-SGD option force=True (--criterion-options ...,force=True)"
+
+
 def trim(
     model: nn.Module,
     groups: Sequence[ChannelGroup],
@@ -176,33 +215,64 @@ def trim(
     keep: str = "mean",
     max_deviation: float = 1e-3,
     force: bool = False,
+    check_inputs: Inputs | None = None,
 ) -> TrimResult:
     """Keep one channel per cluster: fold, then remove the rest with the engine (in place).
+
+    Three tests guard it. (1) Collapse: the relative intra-cluster deviation of every clustered
+    parameter and of the BatchNorm running statistics (:func:`bn_stat_deviation`) is at most
+    ``max_deviation``. (2) The same masked-vs-pruned check as every prune
+    (:func:`~filterprune.graph.check.apply_plan_checked`, on ``check_inputs``) after folding. (3) The
+    trimmed model's outputs on ``example_inputs`` differ from the trained model's by at most
+    ``max_deviation`` (relative to the largest output). The trim runs on a copy first: a refusal leaves
+    ``model`` trained and untrimmed.
 
     Args:
         model: the trained model ``groups`` were traced from (unwrapped).
         groups: its channel groups, as it is now.
         clusters: the clusters it was trained with.
-        example_inputs: a batch to measure how much trimming changed the outputs.
+        example_inputs: a batch to measure how much trimming changes the outputs (test 3).
         keep: ``"mean"`` (the kept channel becomes the cluster mean) or ``"first"``.
-        max_deviation: refuse when a parameter's relative deviation from its cluster means is above this.
-        force: trim anyway.
+        max_deviation: the bound of tests 1 and 3.
+        force: trim despite tests 1 and 3 (the output change is still measured and logged).
+        check_inputs: a batch for the masked-vs-pruned check (test 2; ``None`` skips it).
 
     Raises:
-        PruningError: the clusters have not collapsed (and not ``force``), or see :func:`fold`.
+        PruningError: a test failed (naming the option that forces the trim), or see :func:`fold`.
     """
     dev = deviation(model, clustered_params(model, groups, clusters))
-    if dev.max_relative > max_deviation and not force:
+    bn_dev, bn_where = bn_stat_deviation(model, groups, clusters)
+    if not force and dev.max_relative > max_deviation:
         raise PruningError(f"C-SGD clusters have not collapsed: relative deviation {dev.max_relative:.3g} > "
-                           f"{max_deviation:g}; train longer, raise the centripetal strength, or force the trim")
+                           f"{max_deviation:g}; train longer, raise the centripetal strength, or {FORCE_HINT}")
+    if not force and bn_dev > max_deviation:
+        raise PruningError(f"C-SGD clusters have not collapsed: BatchNorm statistics {bn_where} differ inside a "
+                           f"cluster (relative deviation {bn_dev:.3g} > {max_deviation:g}); train longer with BN "
+                           f"in training mode, or {FORCE_HINT}")
     before = _outputs(model, example_inputs) if example_inputs is not None else None
-    plan = fold(model, groups, clusters, keep=keep)
-    apply_plan(model, groups, plan)
+    trial = copy.deepcopy(model)
+    plan = _fold_and_cut(trial, groups, clusters, keep, check_inputs)
     diff = None
     if before is not None:
-        after = _outputs(model, example_inputs)
+        after = _outputs(trial, example_inputs)
         diff = float((after - before).abs().max() / before.abs().max().clamp_min(1e-12))
-    logger.info("C-SGD trim: removed %d channels in %d groups; deviation %.3g, output change %s",
-                plan.num_removed(), len(plan.prune_idxs), dev.max_relative,
+        if diff > max_deviation:
+            if not force:
+                raise PruningError(f"C-SGD trim would change the outputs by {diff:.3g} (relative) > "
+                                   f"{max_deviation:g}: the clusters are not equivalent; train longer, or {FORCE_HINT}")
+            logger.warning("C-SGD trim forced: outputs change by %.3g (relative)", diff)
+    del trial
+    _fold_and_cut(model, groups, clusters, keep, check_inputs)  # the same, deterministic steps on the model
+    logger.info("C-SGD trim: removed %d channels in %d groups; deviation %.3g (BN statistics %.3g), output change %s",
+                plan.num_removed(), len(plan.prune_idxs), dev.max_relative, bn_dev,
                 "n/a" if diff is None else f"{diff:.3g}")
     return TrimResult(plan, dev, diff)
+
+
+def _fold_and_cut(model: nn.Module, groups, clusters, keep: str, check_inputs) -> PrunePlan:
+    plan = fold(model, groups, clusters, keep=keep)
+    if check_inputs is not None:
+        apply_plan_checked(model, groups, plan, check_inputs)
+    else:
+        apply_plan(model, groups, plan)
+    return plan

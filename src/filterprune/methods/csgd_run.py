@@ -137,10 +137,10 @@ def _device_of(model: nn.Module) -> torch.device:
     return p.device if p is not None else torch.device("cpu")
 
 
-def _train_and_trim(model, groups, clusters, train_loader, val_loader, cfg, opts, run_dir, resume, probe):
+def centripetal_hook(model, groups, clusters, cfg: TrainConfig, opts: CSGDOptions, steps: int) -> CentripetalSGD:
+    """The C-SGD training hook for ``clusters``; warns when ``cfg`` is too short for them to collapse."""
     hook = CentripetalSGD(model, groups, clusters, centripetal=opts.centripetal, weight_decay=cfg.weight_decay,
                           vector_ratio=opts.vector_ratio)
-    steps = len(train_loader) if hasattr(train_loader, "__len__") else 0
     if steps:
         factors = [predicted_decay(cfg, steps, hook.weight_decay + hook.centripetal),
                    predicted_decay(cfg, steps, hook.vector_decay + hook.vector_ratio * hook.centripetal)]
@@ -148,12 +148,22 @@ def _train_and_trim(model, groups, clusters, train_loader, val_loader, cfg, opts
         if max(factors) > opts.max_deviation and not opts.force:
             logger.warning("C-SGD: the deviation will shrink only by x%.3g over %d epochs; trimming will likely be "
                            "refused (raise centripetal or vector_ratio)", max(factors), cfg.epochs)
-    history = fit(model, train_loader, val_loader, cfg, run_dir=run_dir, hooks=[hook], resume=resume)
+    return hook
+
+
+def trim_checked(model, groups, clusters, opts: CSGDOptions, probe) -> TrimResult:
+    """:func:`~filterprune.methods._trim.trim` with ``opts``, measured and checked on ``probe``."""
     if probe is not None:
         probe = probe.to(_device_of(model))
-    result = trim(model, groups, clusters, example_inputs=probe, keep=opts.keep,
-                  max_deviation=opts.max_deviation, force=opts.force)
-    return history, result
+    return trim(model, groups, clusters, example_inputs=probe, keep=opts.keep, max_deviation=opts.max_deviation,
+                force=opts.force, check_inputs=probe)
+
+
+def _train_and_trim(model, groups, clusters, train_loader, val_loader, cfg, opts, run_dir, resume, probe):
+    steps = len(train_loader) if hasattr(train_loader, "__len__") else 0
+    hook = centripetal_hook(model, groups, clusters, cfg, opts, steps)
+    history = fit(model, train_loader, val_loader, cfg, run_dir=run_dir, hooks=[hook], resume=resume)
+    return history, trim_checked(model, groups, clusters, opts, probe)
 
 
 def _on_model_device(model: nn.Module, inputs: Inputs) -> Inputs:
@@ -306,23 +316,6 @@ def squeeze(
         max_error=result.logit_diff,
     )
     return CSGDResult(report, result, clusters, history)
-
-
-def csgd_prune_config(prune_cfg, model: nn.Module, example_inputs: Inputs, train_loader: Any,
-                      val_loader: Iterable | None, cfg: TrainConfig, run_dir: PathLike | None) -> CSGDResult:
-    """:func:`csgd_prune` driven by a :class:`~filterprune.config.PruneConfig` (``--criterion csgd``).
-
-    Raises:
-        ValueError: multi-step or iterative requests (C-SGD prunes in one round), or bad options.
-    """
-    if prune_cfg.steps != 1 or getattr(prune_cfg, "step_ratio", None) is not None:
-        raise ValueError("C-SGD prunes in one round: leave --steps at 1 and --step-ratio unset")
-    return csgd_prune(
-        model, example_inputs, train_loader, val_loader, cfg, target_macs=prune_cfg.target_macs,
-        target_params=prune_cfg.target_params, ratio=prune_cfg.ratio, global_ranking=prune_cfg.global_ranking,
-        min_channels=prune_cfg.min_channels, round_to=prune_cfg.round_to, seed=prune_cfg.seed,
-        options=CSGDOptions.from_kwargs(prune_cfg.criterion_kwargs()), run_dir=run_dir,
-    )
 
 
 def squeeze_run(run_cfg, model: nn.Module, splits, train_loader: Any, val_loader: Iterable | None,

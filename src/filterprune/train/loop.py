@@ -25,6 +25,7 @@ from ..config import TrainConfig, to_dict
 from ..errors import CheckpointError, FilterpruneError
 from ..types import PathLike
 from ..utils.io import atomic_write
+from ..utils.killpoint import kill_point
 from ..utils.progress import progress
 from ..utils.seed import pick_device
 from .hooks import TrainHook
@@ -210,6 +211,7 @@ def fit(
         if run_dir is not None:
             _save_epoch(model, optimizer, cfg, ckpt_dir, epoch, step)
             _write_metrics(run_dir, history)
+            kill_point(f"{run_dir.name}/epoch_{epoch:03d}")
     return history
 
 

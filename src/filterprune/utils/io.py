@@ -126,11 +126,13 @@ def read_marker(folder: PathLike) -> dict[str, Any] | None:
 
 @dataclass
 class RunFolder:
-    """A claimed run folder: ``path``, the command that owns it, whether it is resumed, and its lock."""
+    """A claimed run folder: ``path``, the command that owns it, whether it is resumed, whether it was
+    missing or empty when claimed (``fresh``: everything in it is then this run's), and its lock."""
 
     path: Path
     command: str
     resumed: bool
+    fresh: bool = False
     marker: dict[str, Any] = field(default_factory=dict)
     _lock_fd: int | None = None
 
@@ -303,6 +305,7 @@ def open_run_folder(
         raise RunFolderError("--resume and --overwrite contradict each other; give one")
     _check_target(path, command, resume, overwrite, owned, [Path(p) for p in inputs], can_resume=can_resume)
     created = not path.exists()
+    fresh = created or not any(path.iterdir())
     try:
         make_dirs(path)
     except OSError as e:
@@ -317,7 +320,7 @@ def open_run_folder(
     if fd is None:  # another process won the race; the folder is its, leave it as it is
         raise RunFolderError(f"--out {path} is in use by another filterprune process{_lock_holder(path / LOCK)}; "
                              "wait for it or choose another --out")
-    run = RunFolder(path, command, resume, _lock_fd=fd)
+    run = RunFolder(path, command, resume, fresh and not resume, _lock_fd=fd)
     try:
         marker = _check_target(path, command, resume, overwrite, owned, [Path(p) for p in inputs],
                                locked=True, can_resume=can_resume)  # again under the lock: another process may have started meanwhile

@@ -54,13 +54,15 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import nn
 
 from ..criteria import Criterion, ScoringContext, create_criterion
 from ..graph.check import apply_plan_checked
+from ..graph.groups import PrunePlan
 from ..graph.surgery import apply_plan
 from ..graph.trace import Inputs, trace_groups
-from ..selection import SelectOptions, baseline, default_counter, select
+from ..selection import Baseline, SelectOptions, baseline, default_counter, select
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +102,10 @@ class IterationRecord:
     finetuned: Metrics = field(default_factory=dict)
 
 
+def _direct(name: str, fn: Callable[[], Any], snapshot: bool = False) -> Any:
+    return fn()
+
+
 def _validate(p: float, iterations: int | None, target_macs: float | None, tolerance: float) -> None:
     if not isinstance(p, (int, float)) or not 0.0 < p < 1.0:
         raise ValueError(f"p must be a fraction in (0, 1), got {p!r}")
@@ -134,6 +140,7 @@ def pls_vip_iterate(
     check: bool = True,
     seed: int = 0,
     tolerance: float = 0.01,
+    stage: Callable[..., Any] | None = None,
 ) -> list[IterationRecord]:
     """Prune ``model`` in place by PLS+VIP iterations (module docstring); return one record per iteration.
 
@@ -158,6 +165,10 @@ def pls_vip_iterate(
         check: compare masked and pruned outputs at each iteration.
         seed: passed to the criterion.
         tolerance: how close (absolute) the last iteration lands to ``target_macs``.
+        stage: ``stage(name, fn, snapshot=False)`` runs each unit of work (``iterK.score``, ``.select``,
+            ``.apply``, ``.evaluate``); ``filterprune prune`` passes its
+            :meth:`~filterprune.workflows.runner.Runner.stage` so that a killed run resumes mid-schedule.
+            Default: call ``fn``.
 
     Raises:
         ValueError: bad arguments, or a data-driven criterion without data.
@@ -169,48 +180,67 @@ def pls_vip_iterate(
         raise ValueError("criterion_kwargs apply only to a criterion given by name")
     counter = default_counter()
     groups = trace_groups(model, example_inputs, ignored_layers=ignored_layers)
-    base = baseline(model, example_inputs, groups, counter)
+    run = stage or _direct
+    # the unpruned model's counts, recorded once (a resumed run's model is already pruned)
+    base = Baseline(**run("iter0.baseline", lambda: dataclasses.asdict(baseline(model, example_inputs, groups, counter))))
     common = {"global_ranking": global_ranking, "normalize": normalize, "min_channels": min_channels,
               "round_to": round_to, "tolerance": tolerance}
     records: list[IterationRecord] = []
     it = 0
     while iterations is None or it < iterations:
         it += 1
+        tag = f"iter{it}"
         if it > 1:  # same topology, new widths: the probe already passed
             groups = trace_groups(model, example_inputs, ignored_layers=ignored_layers, probe=False)
-        start = time.perf_counter()
-        ctx = ScoringContext(model, example_inputs, groups, data=data, seed=seed)
-        scores = crit.score(ctx)
-        score_seconds = time.perf_counter() - start
-        plan = select(model, example_inputs, groups, scores, SelectOptions(ratio=p, **common), counter=counter)
-        last = iterations is not None and it == iterations
-        if target_macs is not None:
-            trial = copy.deepcopy(model)
-            apply_plan(trial, groups, plan)
-            if 1 - counter(trial, example_inputs)[0] / base.macs >= target_macs - tolerance:
-                plan = select(model, example_inputs, groups, scores,
-                              SelectOptions(target_macs=target_macs, **common), base=base, counter=counter)
-                last = True
-            del trial
+
+        def score(g=groups) -> dict:
+            start = time.perf_counter()
+            scores = crit.score(ScoringContext(model, example_inputs, g, data=data, seed=seed))
+            return {**scores, "__seconds__": torch.tensor(time.perf_counter() - start, dtype=torch.float64)}
+
+        scores = dict(run(f"{tag}.score", score))
+        score_seconds = float(scores.pop("__seconds__"))
+
+        def choose(g=groups, s=scores, i=it) -> dict:
+            plan = select(model, example_inputs, g, s, SelectOptions(ratio=p, **common), counter=counter)
+            last = iterations is not None and i == iterations
+            if target_macs is not None:
+                trial = copy.deepcopy(model)
+                apply_plan(trial, g, plan)
+                if 1 - counter(trial, example_inputs)[0] / base.macs >= target_macs - tolerance:
+                    plan = select(model, example_inputs, g, s,
+                                  SelectOptions(target_macs=target_macs, **common), base=base, counter=counter)
+                    last = True
+                del trial
+            return {"prune_idxs": plan.prune_idxs, "last": last}
+
+        chosen = run(f"{tag}.select", choose)
+        plan, last = PrunePlan({k: list(v) for k, v in chosen["prune_idxs"].items()}), chosen["last"]
         if plan.num_removed() == 0:
             logger.warning("iteration %d: nothing left to remove under the constraints; stopping", it)
             break
-        err = apply_plan_checked(model, groups, plan, example_inputs) if check else None
-        if not check:
-            apply_plan(model, groups, plan)
-        macs, params = counter(model, example_inputs)
-        left = sum(g.size for g in groups if g.prunable) - plan.num_removed()
-        record = IterationRecord(
-            iteration=it, removed_channels=plan.num_removed(), channels=left, macs=int(macs), params=int(params),
-            macs_reduction=1 - macs / base.macs, params_reduction=1 - params / base.params, max_error=err,
-            score_seconds=score_seconds, pruned=dict(evaluate(model)) if evaluate else {},
-        )
-        logger.info("iteration %d: removed %d channels (%d left), MACs -%.1f%%, params -%.1f%%, scoring %.1fs %s",
-                    it, record.removed_channels, left, 100 * record.macs_reduction, 100 * record.params_reduction,
-                    score_seconds, record.pruned)
+
+        def remove(g=groups, pl=plan, i=it, secs=score_seconds) -> dict:
+            err = apply_plan_checked(model, g, pl, example_inputs) if check else None
+            if not check:
+                apply_plan(model, g, pl)
+            macs, params = counter(model, example_inputs)
+            left = sum(x.size for x in g if x.prunable) - pl.num_removed()
+            record = IterationRecord(
+                iteration=i, removed_channels=pl.num_removed(), channels=left, macs=int(macs), params=int(params),
+                macs_reduction=1 - macs / base.macs, params_reduction=1 - params / base.params, max_error=err,
+                score_seconds=secs, pruned=dict(evaluate(model)) if evaluate else {},
+            )
+            logger.info("iteration %d: removed %d channels (%d left), MACs -%.1f%%, params -%.1f%%, scoring %.1fs %s",
+                        i, record.removed_channels, left, 100 * record.macs_reduction,
+                        100 * record.params_reduction, secs, record.pruned)
+            return dataclasses.asdict(record)
+
+        record = IterationRecord(**run(f"{tag}.apply", remove, snapshot=True))
         if not last and finetune is not None:
             finetune(model, it)
-            record = dataclasses.replace(record, finetuned=dict(evaluate(model)) if evaluate else {})
+            after = run(f"{tag}.evaluate", lambda: dict(evaluate(model)) if evaluate else {})
+            record = dataclasses.replace(record, finetuned=after)
         records.append(record)
         if last:
             break
@@ -240,7 +270,7 @@ def prune_report(records: Sequence[IterationRecord], *, criterion: str, target: 
 
 
 def run_iterative(cfg, model: nn.Module, x, splits, finetune: Callable[[nn.Module, int], Any] | None,
-                  evaluate: Callable[[nn.Module], Metrics]):
+                  evaluate: Callable[[nn.Module], Metrics], stage: Callable[..., Any] | None = None):
     """What ``filterprune prune --step-ratio P`` runs (called by ``run_prune``): returns
     ``(PruneReport, [record dicts])``. ``cfg`` is the :class:`~filterprune.config.PruneRunConfig`;
     ``finetune(model, iteration)`` runs between iterations."""
@@ -256,13 +286,17 @@ def run_iterative(cfg, model: nn.Module, x, splits, finetune: Callable[[nn.Modul
     else:
         iterations = None if pc.target_macs is not None else 1
     features = BatchLoader(splits.train, ft.eval_batch_size, train=False, device=pick_device(ft.device))
-    macs_before, params_before = default_counter()(model, x)
-    widths_before = conv_widths(model)
+    def before() -> dict:
+        macs, params = default_counter()(model, x)
+        return {"macs": int(macs), "params": int(params), "widths": conv_widths(model)}
+
+    counts = (stage or _direct)("iter0.before", before)
+    macs_before, params_before, widths_before = counts["macs"], counts["params"], counts["widths"]
     records = pls_vip_iterate(
         model, x, features, p=pc.step_ratio, iterations=iterations, target_macs=pc.target_macs,
         criterion=pc.criterion, criterion_kwargs=pc.criterion_kwargs() or None, finetune=finetune,
         evaluate=evaluate, min_channels=pc.min_channels, round_to=pc.round_to,
-        global_ranking=pc.global_ranking, check=pc.check, seed=pc.seed,
+        global_ranking=pc.global_ranking, check=pc.check, seed=pc.seed, stage=stage,
     )
     report = prune_report(records, criterion=pc.criterion, target=pc.target_macs, macs_before=macs_before,
                           params_before=params_before, widths_before=widths_before, widths_after=conv_widths(model))

@@ -1,57 +1,107 @@
-"""``run_prune``: base model -> prune -> fine-tune, with every number written to ``summary.json``.
+"""``run_prune``: base model -> the method's stages -> fine-tune, with every number written to ``summary.json``.
 
 Accuracy is reported on validation (carved from the training split) and on test; nothing is chosen on
-test. The output folder is assembled in a temporary sibling and renamed into place at the end, so a
-failed or interrupted run leaves no half-written folder.
+test. The run is a recorded sequence of stages (:mod:`filterprune.workflows.runner`): ``base`` (base
+accuracy, MACs, latency), the method's own stages (:mod:`filterprune.workflows.methods`), ``pruned``,
+``finetune`` (checkpointed every epoch) and ``final``. The output folder is claimed before the data is
+loaded and written in place: after Ctrl-C, SIGTERM, SIGKILL, a crash or a refusal it keeps every stage
+finished so far, and ``resume=True`` continues from there to the same final weights and metrics as an
+uninterrupted run. A refusal before any stage changed the model leaves no folder behind.
+
+Folder: ``config.yaml``, ``env.json``, ``run_state.json``, ``stages/`` (scores, plans, model snapshots,
+step fine-tunes), ``finetune/`` or ``centripetal/`` (``metrics.jsonl``, checkpoints), ``model.safetensors``,
+``summary.json``.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
-import tempfile
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ..config import PruneRunConfig, dump_yaml, to_dict
-from ..data import BatchLoader, load_data
-from ..metrics import count, measure_latency
-from ..train import evaluate, fit
-from ..train.run import loaders
-from ..utils.env import environment
-from ..utils.seed import pick_device, seed_everything
-from .common import example_input, load_model
+import torch
+
+from ..config import PruneRunConfig, to_dict
+from ..errors import FilterpruneError
+from ..utils.io import atomic_write, atomic_write_json, open_run_folder
+from ..utils.resume import check_resume, dump_yaml_text, saved_config
+from .methods import COMMON_EXTENDS, COMMON_REOPENS, MethodResult, PruneJob, method_for
+from .runner import Runner
 
 logger = logging.getLogger(__name__)
 
-
-def _accuracies(model, val, test, device) -> dict[str, float]:
-    out = {"val_acc": evaluate(model, val, device)["acc"]}
-    if test is not None:
-        out["test_acc"] = evaluate(model, test, device)["acc"]
-    return out
+#: What a prune run writes at the top of its folder (``--overwrite`` replaces only these).
+PRUNE_FILES = ("config.yaml", "env.json", "run_state.json", "stages", "finetune", "centripetal",
+               "model.safetensors", "summary.json")
 
 
-def _car_eval_loader(splits, cfg: PruneRunConfig, device: str):
-    """CAR's evaluation set: a fixed, seeded, class-mixed subset of the training split, not augmented.
+def example_batch(ds, batch: int = 2, seed: int = 0) -> torch.Tensor:
+    """A seeded random batch shaped like ``ds``'s images (tracing, counting, the check): the same in every
+    process, whatever ran before."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, ds.in_chans, ds.image_size, ds.image_size, generator=gen)
 
-    The fine-tune loader reshuffles and augments every pass, so each greedy step would otherwise score on
-    different images; the split itself can be class-ordered, so its first images are not a sample either.
+
+def run_prune(cfg: PruneRunConfig, *, download: bool = False, resume: bool = False,
+              overwrite: bool = False) -> dict[str, Any]:
+    """Prune ``cfg.model`` as ``cfg.prune`` asks, fine-tune, write ``cfg.out``; return the summary.
+
+    Args:
+        cfg: the run; with ``resume`` it must equal the saved ``config.yaml`` except for changes the
+            method declares as extensions (more fine-tune epochs...).
+        download: allow downloading the dataset.
+        resume: continue the run in ``cfg.out`` from its last finished stage.
+        overwrite: replace an earlier prune run in ``cfg.out`` (only its own files).
+
+    Raises:
+        RunFolderError: ``cfg.out`` is refused (one line, before any work).
+        ResumeError: ``resume`` with a flag that differs from the saved run (named).
+        PruningError, ValueError, TrainingError: the run stopped; the message says what is kept.
     """
-    p, ft = cfg.prune, cfg.finetune
-    n = p.criterion_kwargs().get("eval_images") or p.num_batches * ft.eval_batch_size
-    return BatchLoader(splits.train.sample(int(n), p.seed), ft.eval_batch_size, train=False, device=pick_device(device))
-
-
-def run_prune(cfg: PruneRunConfig, *, download: bool = False) -> dict[str, Any]:
-    """Prune ``cfg.model`` as ``cfg.prune`` asks, fine-tune, write ``cfg.out``; return the summary."""
-    from ..api import prune, save
-
     out = Path(cfg.out)
-    if out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"{out} already exists and is not empty; choose another --out")
+    method = method_for(cfg)
+    inputs = [cfg.weights] if cfg.weights not in ("", "auto") else []
+    with open_run_folder(out, "prune", resume=resume, overwrite=overwrite, owned=PRUNE_FILES, inputs=inputs) as run:
+        changes = {}
+        if resume:
+            changes = check_resume(saved_config(PruneRunConfig, out), cfg, {**COMMON_EXTENDS, **method.extends})
+        atomic_write(out / "config.yaml", dump_yaml_text(cfg))
+        runner = Runner(out, seed=cfg.prune.seed, resume=resume)
+        reopens = {**COMMON_REOPENS, **method.reopens}
+        for key in changes:
+            if key in reopens:
+                runner.reopen(reopens[key])
+        try:
+            summary = _run(cfg, runner, method, download)
+        except BaseException as e:
+            runner.fail(e)
+            if isinstance(e, (FilterpruneError, ValueError, FileNotFoundError)):
+                if run.fresh and not runner.changed_model():  # a refusal before any real work: leave nothing
+                    run.release()
+                    shutil.rmtree(out, ignore_errors=True)
+                elif "--resume" not in str(e):
+                    kept = runner.last_snapshot()
+                    e.args = (f"{e}; the work done so far is kept in {out}" + (f" (model: {kept})" if kept else "")
+                              + f"; continue with filterprune prune --resume --out {out}",)
+            raise
+    return summary
+
+
+def _run(cfg: PruneRunConfig, runner: Runner, method, download: bool) -> dict[str, Any]:
+    from ..api import conv_widths, save
+    from ..data import load_data
+    from ..graph.trace import trace_groups
+    from ..metrics import count, measure_latency
+    from ..selection import Baseline, baseline
+    from ..train.run import loaders
+    from ..utils.env import environment
+    from ..utils.seed import pick_device, seed_everything
+    from .common import load_model
+
+    out = runner.folder
+    if not (out / "env.json").exists():
+        atomic_write_json(out / "env.json", environment())
     seed_everything(cfg.prune.seed)
     splits = load_data(cfg.data, val_fraction=cfg.val_fraction, download=download)
     model = load_model(cfg.model or None, cfg.weights or None, splits.train)
@@ -59,91 +109,54 @@ def run_prune(cfg: PruneRunConfig, *, download: bool = False) -> dict[str, Any]:
     model.to(device)
     ft = cfg.finetune
     train, val, test = loaders(splits, ft.batch_size, ft.eval_batch_size, ft.device, ft.seed)
-    x = example_input(splits.train).to(device)
+    x = example_batch(splits.train).to(device)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
-    try:
-        dump_yaml(cfg, work / "config.yaml")
-        (work / "env.json").write_text(json.dumps(environment(), indent=2))
-        base_macs, base_params = count(model, x)
-        base = _accuracies(model, val, test, device)
-        logger.info("base: %s, %.2fM MACs", base, base_macs / 1e6)
-        latency_base = measure_latency(model, x[:1].shape, device=device)
-
-        step_ft = None  # between steps (prune's steps, PLS+VIP's iterations)
-        if cfg.prune.step_finetune_epochs > 0:
-            step_cfg = replace(ft, epochs=cfg.prune.step_finetune_epochs)
-
-            def step_ft(net, step: int) -> None:
-                fit(net, train, val, step_cfg)
-
-        p = cfg.prune
-        iterations = None
-        csgd = None
-        if p.criterion == "csgd":  # a training-time method: the fine-tune epochs are its centripetal training
-            from ..methods.csgd_run import csgd_prune_config
-
-            csgd = csgd_prune_config(p, model, x, train, val, ft, work / "centripetal")
-            report = csgd.report
-        elif p.step_ratio is not None:  # PLS+VIP's schedule: fixed fraction per step (workflows/pls_iterate.py)
-            from .pls_iterate import run_iterative
-
-            report, iterations = run_iterative(cfg, model, x, splits, step_ft,
-                                               lambda net: _accuracies(net, val, test, device))
-        else:
-            steps, extra = p.steps, {}
-            if p.criterion.startswith("car"):  # accuracy drops share one unit: rank them unnormalised
-                extra["normalize"] = "none"
-                k = p.criterion_kwargs().get("k")
-                if k and p.steps == 1:  # greedy CAR: about k filters per step (criteria/car_greedy.py)
-                    from ..criteria.car_greedy import steps_for_k
-
-                    steps = steps_for_k(model, x, k, target_macs=p.target_macs, target_params=p.target_params,
-                                        ratio=p.ratio, min_channels=p.min_channels, round_to=p.round_to,
-                                        global_ranking=p.global_ranking)
-                    logger.info("CAR: k=%d filters per step -> %d steps", k, steps)
-            data = _car_eval_loader(splits, cfg, ft.device) if p.criterion.startswith("car") else train
-            report = prune(
-                model, x, criterion=p.criterion, target_macs=p.target_macs, target_params=p.target_params,
-                ratio=p.ratio, data=data, steps=steps, finetune=step_ft if p.steps > 1 else None, min_channels=p.min_channels,
-                round_to=p.round_to, global_ranking=p.global_ranking, check=p.check,
-                num_batches=p.num_batches, seed=p.seed, criterion_kwargs=p.criterion_kwargs() or None, **extra,
-            )
-        pruned = _accuracies(model, val, test, device)
-        logger.info("after pruning: %s", pruned)
-        if csgd is not None:  # trimmed after centripetal training: nothing to fine-tune
-            history, final = csgd.history, pruned
-        else:
-            history = fit(model, train, val, ft, run_dir=work / "finetune") if ft.epochs > 0 else []
-            final = _accuracies(model, val, test, device)
+    def base_stage() -> dict[str, Any]:
         macs, params = count(model, x)
-        latency = measure_latency(model, x[:1].shape, device=device)
-        summary = {
-            "model": cfg.model or getattr(model, "filterprune_cfg", {}).get("name"),
-            "criterion": p.criterion,
-            "data": splits.describe(),
-            "base": base,
-            "pruned": pruned,
-            "finetuned": final,
-            "finetune_epochs": len(history),
-            "macs": {"base": base_macs, "pruned": macs, "ratio": macs / base_macs},
-            "params": {"base": base_params, "pruned": params, "ratio": params / base_params},
-            "latency": {"base": latency_base, "pruned": latency},
-            "report": report.to_dict(),
-            "config": to_dict(cfg),
-        }
-        if iterations is not None:
-            summary["iterations"] = iterations
-        if csgd is not None:
-            summary["csgd"] = csgd.summary()
-        save(model, work / "model.safetensors", meta={"summary": {k: summary[k] for k in ("base", "pruned", "finetuned")}})
-        (work / "summary.json").write_text(json.dumps(summary, indent=2))
-        if out.exists():
-            out.rmdir()  # empty, checked above
-        work.rename(out)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
-    summary["table"] = report.table()
+        job0 = PruneJob(cfg, runner, x, splits, train, val, test, device, Baseline(0, 0), {}, out)
+        accs = job0.accuracies(model)
+        b = baseline(model, x, trace_groups(model, x), lambda m, i: (macs, params))
+        logger.info("base: %s, %.2fM MACs", accs, macs / 1e6)
+        return {"accuracy": accs, "macs": int(macs), "params": int(params), "channels": b.channels,
+                "widths": conv_widths(model), "latency": measure_latency(model, x[:1].shape, device=device)}
+
+    base = runner.stage("base", base_stage)
+    model = runner.restore(model)
+    job = PruneJob(cfg, runner, x, splits, train, val, test, device,
+                   Baseline(base["macs"], base["params"], base["channels"]), base["widths"], out)
+    result: MethodResult = method.run(job)
+    pruned = runner.stage("pruned", job.accuracies)
+    logger.info("after pruning: %s", pruned)
+    history = result.history
+    if not result.finetuned and ft.epochs > 0:
+        history = runner.stage("finetune", lambda: job.fit("finetune", ft, run_dir=out / "finetune"), snapshot=True)
+    final = pruned if result.finetuned or ft.epochs == 0 else runner.stage("final", job.accuracies)
+
+    def final_counts() -> dict[str, Any]:
+        macs, params = count(job.model, x)
+        return {"macs": int(macs), "params": int(params),
+                "latency": measure_latency(job.model, x[:1].shape, device=device)}
+
+    counts = runner.stage("counts", final_counts)
+    summary = {
+        "model": cfg.model or getattr(job.model, "filterprune_cfg", {}).get("name"),
+        "criterion": cfg.prune.criterion,
+        "method": method.name,
+        "data": splits.describe(),
+        "base": base["accuracy"],
+        "pruned": pruned,
+        "finetuned": final,
+        "finetune_epochs": len(history),
+        "macs": {"base": base["macs"], "pruned": counts["macs"], "ratio": counts["macs"] / base["macs"]},
+        "params": {"base": base["params"], "pruned": counts["params"], "ratio": counts["params"] / base["params"]},
+        "latency": {"base": base["latency"], "pruned": counts["latency"]},
+        "report": result.report.to_dict(),
+        "config": to_dict(cfg),
+        **result.summary,
+    }
+    save(job.model, out / "model.safetensors",
+         meta={"summary": {k: summary[k] for k in ("base", "pruned", "finetuned")}})
+    atomic_write_json(out / "summary.json", summary)
+    runner.finish()
+    summary["table"] = result.report.table()
     return summary

@@ -1,0 +1,120 @@
+"""The score -> select -> apply methods as runner stages: every criterion, CAR, and the iterative schedule.
+
+Each step is three stages (``stepK.score``: the criterion's scores, stored as tensors; ``stepK.select``:
+the plan; ``stepK.apply``: the checked removal, model snapshot), plus ``stepK.finetune`` between steps
+when ``--steps K --step-finetune-epochs E`` ask for it. The cumulative target after step i of k is
+split geometrically, as :func:`filterprune.api.prune` does (same helpers, same numbers).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any
+
+from ..api import PruneReport, StepRecord, _criterion, _cumulative, _score, conv_widths
+from ..graph.check import apply_plan_checked
+from ..graph.surgery import apply_plan
+from ..graph.trace import trace_groups
+from ..selection import SelectOptions, default_counter, select
+from .methods import Method, MethodResult, PruneJob, register_method
+
+logger = logging.getLogger(__name__)
+
+
+def scored_steps(job: PruneJob, *, data: Any, normalize: str = "mean", steps: int | None = None) -> PruneReport:
+    """Prune ``job.model`` in ``steps`` score/select/apply steps (module docstring); return the report."""
+    p = job.cfg.prune
+    steps = steps or p.steps
+    crit = _criterion(p.criterion, p.criterion_kwargs() or None, data)
+    options = SelectOptions(target_macs=p.target_macs, target_params=p.target_params, ratio=p.ratio,
+                            global_ranking=p.global_ranking, normalize=normalize, min_channels=p.min_channels,
+                            round_to=p.round_to)
+    name, value = options.target
+    counter = default_counter()
+    finetune = job.step_finetune() if p.steps > 1 else None
+    records: list[StepRecord] = []
+    for step in range(1, steps + 1):
+        tag = f"step{step}"
+        groups = trace_groups(job.model, job.x, probe=step == 1)
+        goal = _cumulative(value, step, steps, "geometric")
+        scores = job.runner.stage(f"{tag}.score", lambda g=groups: _score(job.model, job.x, g, crit, data, p.seed,
+                                                                          p.num_batches))
+        opts = dataclasses.replace(options, **{name: goal})
+        plan = job.runner.stage(f"{tag}.select", lambda g=groups, s=scores, o=opts: select(
+            job.model, job.x, g, s, o, base=job.baseline, counter=counter))
+
+        def apply(g=groups, pl=plan, st=step, gl=goal) -> dict[str, Any]:
+            err = apply_plan_checked(job.model, g, pl, job.x) if p.check else None
+            if not p.check:
+                apply_plan(job.model, g, pl)
+            macs, params = counter(job.model, job.x)
+            logger.info("step %d/%d: %s %.4f, removed %d channels, MACs %d, params %d",
+                        st, steps, name, gl, pl.num_removed(), macs, params)
+            return dataclasses.asdict(StepRecord(st, gl, pl.num_removed(), int(macs), int(params), err))
+
+        records.append(StepRecord(**job.runner.stage(f"{tag}.apply", apply, snapshot=True)))
+        if finetune is not None:
+            finetune(f"{tag}.finetune")
+    errors = [r.max_error for r in records if r.max_error is not None]
+    return PruneReport(
+        criterion=getattr(crit, "name", None) or p.criterion, target_name=name, target=value,
+        macs_before=job.baseline.macs, macs_after=records[-1].macs, params_before=job.baseline.params,
+        params_after=records[-1].params, widths_before=job.widths_before, widths_after=conv_widths(job.model),
+        steps=tuple(records), max_error=max(errors) if errors else None,
+    )
+
+
+def run_scores(job: PruneJob) -> MethodResult:
+    """Any registered criterion, one or ``--steps`` steps, on the (augmented) training loader."""
+    return MethodResult(scored_steps(job, data=job.train))
+
+
+def car_eval_loader(splits, cfg, device):
+    """CAR's evaluation set: a fixed, seeded, class-mixed subset of the training split, not augmented.
+
+    The fine-tune loader reshuffles and augments every pass, so each greedy step would otherwise score on
+    different images; the split itself can be class-ordered, so its first images are not a sample either.
+    """
+    from ..data import BatchLoader
+    from ..utils.seed import pick_device
+
+    p, ft = cfg.prune, cfg.finetune
+    n = p.criterion_kwargs().get("eval_images") or p.num_batches * ft.eval_batch_size
+    return BatchLoader(splits.train.sample(int(n), p.seed), ft.eval_batch_size, train=False, device=pick_device(device))
+
+
+def run_car(job: PruneJob) -> MethodResult:
+    """CAR (Abbasi-Asl & Yu, arXiv 1705.07356): raw accuracy drops share one unit, so no normalisation;
+    ``k=N`` makes it greedy, about N filters per step (:func:`~filterprune.criteria.car_greedy.steps_for_k`)."""
+    p = job.cfg.prune
+    steps = p.steps
+    k = p.criterion_kwargs().get("k")
+    if k and p.steps == 1:
+        from ..criteria.car_greedy import steps_for_k
+
+        steps = job.runner.stage("car.steps", lambda: steps_for_k(
+            job.model, job.x, k, target_macs=p.target_macs, target_params=p.target_params, ratio=p.ratio,
+            min_channels=p.min_channels, round_to=p.round_to, global_ranking=p.global_ranking))
+        logger.info("CAR: k=%d filters per step -> %d steps", k, steps)
+    data = car_eval_loader(job.splits, job.cfg, job.cfg.finetune.device)
+    return MethodResult(scored_steps(job, data=data, normalize="none", steps=steps))
+
+
+def run_iterative(job: PruneJob) -> MethodResult:
+    """``--step-ratio P``: PLS+VIP's schedule (:mod:`filterprune.workflows.pls_iterate`), one stage per
+    score, select, apply and fine-tune of every iteration."""
+    from .pls_iterate import run_iterative as iterate
+
+    finetune = job.step_finetune()
+    report, iterations = iterate(job.cfg, job.model, job.x, job.splits,
+                                 None if finetune is None else lambda _net, it: finetune(f"iter{it}.finetune"),
+                                 job.accuracies, stage=job.runner.stage)
+    return MethodResult(report, {"iterations": iterations})
+
+
+register_method(Method("scores", run_scores, description="score with the criterion, select, remove (per step)"))
+register_method(Method("iterative", run_iterative, description="remove a fraction of the remaining filters per "
+                                                               "iteration until the MACs target (PLS+VIP)"))
+for _name in ("car", "car-classwise"):
+    register_method(Method(_name, run_car, description="CAR: accuracy drop per removed filter, greedy with k=N"))

@@ -1,0 +1,199 @@
+"""The method registry: each pruning method owns its workflow as a sequence of runner stages.
+
+``run_prune`` (:mod:`filterprune.workflows.prune_run`) knows no method: it evaluates the base model,
+asks :func:`method_for` which :class:`Method` handles ``--criterion`` (and ``--step-ratio``), runs it,
+evaluates, fine-tunes if the method leaves that to it, and writes the summary. A method is a function
+``run(job) -> MethodResult`` that calls ``job.runner.stage(...)`` for each unit of work, so every
+method is resumable the same way (:mod:`filterprune.workflows.runner`). Registered here:
+
+===================  ===========================================================================
+``scores`` (default)  every registered criterion (l1, l2, bn, taylor, random, pls-vip...): per step
+                      ``stepK.score`` -> ``stepK.select`` -> ``stepK.apply`` [-> ``stepK.finetune``]
+``car``, ``car-classwise``  the same stages on a fixed, seeded, un-augmented training subset, raw
+                      accuracy drops (no normalisation), ``k=N``: about N filters per greedy step
+``iterative``         ``--step-ratio P`` (PLS+VIP's schedule, any criterion): ``iterK.score`` ->
+                      ``iterK.select`` -> ``iterK.apply`` -> ``iterK.finetune`` until the MACs target
+``csgd``              ``csgd.widths`` -> ``csgd.clusters`` -> ``csgd.centripetal`` -> ``csgd.trim``
+===================  ===========================================================================
+
+A method also declares which config changes only *extend* a run (``extends``, e.g. more fine-tune
+epochs) and from which stage a resumed run must then run again (``reopens``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..config import PruneRunConfig, TrainConfig
+from ..registry import Registry
+from ..selection import Baseline
+from .runner import Runner
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["METHODS", "Method", "MethodResult", "PruneJob", "method_for", "method_names", "register_method"]
+
+
+@dataclass
+class PruneJob:
+    """Everything a method's stages read: the config, the runner, the model being pruned and the data.
+
+    Attributes:
+        cfg: the resolved run config.
+        runner: records the stages; ``runner.model`` is the model being pruned (methods read it there,
+            since a resumed run replaces it by the last snapshot).
+        x: example inputs (tracing, counting, the masked-vs-pruned check).
+        splits: the data splits (``DataSplits``).
+        train, val, test: batch loaders (``test`` may be ``None``).
+        device: where the model runs.
+        baseline: MACs, params and group widths of the unpruned model (targets are fractions of it).
+        widths_before: conv widths of the unpruned model.
+        folder: the run folder.
+    """
+
+    cfg: PruneRunConfig
+    runner: Runner
+    x: torch.Tensor
+    splits: Any
+    train: Any
+    val: Any
+    test: Any
+    device: torch.device
+    baseline: Baseline
+    widths_before: dict[str, int]
+    folder: Path
+
+    @property
+    def model(self) -> nn.Module:
+        return self.runner.model
+
+    def accuracies(self, model: nn.Module | None = None) -> dict[str, float]:
+        """Validation (and test, if any) accuracy in percent."""
+        from ..train import evaluate
+
+        model = model if model is not None else self.model
+        out = {"val_acc": evaluate(model, self.val, self.device)["acc"]}
+        if self.test is not None:
+            out["test_acc"] = evaluate(model, self.test, self.device)["acc"]
+        return out
+
+    def fit(self, name: str, cfg: TrainConfig, hooks=(), run_dir: Path | None = None) -> list[dict[str, Any]]:
+        """Train :attr:`model` with ``cfg`` in stage ``name``, checkpointing each epoch in ``run_dir``
+        (default ``stages/<name>``) and continuing after the newest checkpoint there."""
+        from ..train import fit
+
+        run_dir = run_dir or self.runner.fit_dir(name)
+        resume = (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").glob("epoch_*.safetensors"))
+        return fit(self.model, self.train, self.val, cfg, run_dir=run_dir, hooks=hooks, resume=resume)
+
+    def step_finetune(self) -> Callable[[str], Any] | None:
+        """``finetune(stage_name)`` between steps/iterations, or ``None`` without ``--step-finetune-epochs``."""
+        p = self.cfg.prune
+        if p.step_finetune_epochs <= 0:
+            return None
+        cfg = dataclasses.replace(self.cfg.finetune, epochs=p.step_finetune_epochs)
+
+        def finetune(name: str) -> Any:
+            return self.runner.stage(name, lambda: self.fit(name, cfg), snapshot=True)
+
+        return finetune
+
+
+@dataclass
+class MethodResult:
+    """What a method hands back to ``run_prune``.
+
+    Attributes:
+        report: a :class:`~filterprune.api.PruneReport`.
+        summary: extra ``summary.json`` entries (``iterations``, ``csgd``...).
+        finetuned: ``True`` if the method already spent the fine-tune budget (C-SGD's centripetal
+            training); ``run_prune`` then does not fine-tune.
+        history: the per-epoch records of that training.
+    """
+
+    report: Any
+    summary: dict[str, Any] = field(default_factory=dict)
+    finetuned: bool = False
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Method:
+    """A registered pruning method.
+
+    Attributes:
+        name: the registry key (a ``--criterion`` value, or ``scores``/``iterative``).
+        run: ``run(job) -> MethodResult``.
+        extends: config keys a resumed run may change, and how (``"increase"`` or ``"any"``).
+        reopens: for each of those keys, the first stage a resumed run redoes when it changed.
+        description: one line for ``--help``.
+    """
+
+    name: str
+    run: Callable[[PruneJob], MethodResult]
+    extends: Mapping[str, str] = field(default_factory=dict)
+    reopens: Mapping[str, str] = field(default_factory=dict)
+    description: str = ""
+
+
+METHODS: Registry[Method] = Registry("method")
+
+#: Every run may change these on resume: more fine-tune epochs (the fine-tune runs again from its newest
+#: checkpoint with the longer schedule), how many fine-tune checkpoints are kept.
+COMMON_EXTENDS = {"finetune.epochs": "increase", "finetune.keep_checkpoints": "any"}
+COMMON_REOPENS = {"finetune.epochs": "finetune"}
+
+
+def register_method(method: Method) -> Method:
+    """Add ``method`` to :data:`METHODS` under ``method.name`` (replacing nothing)."""
+    METHODS.register(method.name)(lambda: method)
+    return method
+
+
+def method_names() -> list[str]:
+    """Names ``--criterion`` accepts besides the registered criteria (``csgd``)."""
+    from ..criteria import list_criteria
+
+    return sorted(set(METHODS.names()) - {"scores", "iterative"} - set(list_criteria()))
+
+
+def method_for(cfg: PruneRunConfig) -> Method:
+    """The method that runs ``cfg``: the one registered under ``--criterion``, else ``iterative`` with
+    ``--step-ratio``, else ``scores``. A criterion's own method may refuse ``--step-ratio``."""
+    _register_builtins()
+    p = cfg.prune
+    if p.criterion in METHODS and (p.step_ratio is None or p.criterion in method_names()):
+        return METHODS.create(p.criterion)
+    return METHODS.create("iterative" if p.step_ratio is not None else "scores")
+
+
+_BUILTINS: list[bool] = []
+
+
+def _register_builtins() -> None:
+    """Register the built-in methods on first use (keeps imports one-way: methods/ never imports workflows/)."""
+    if _BUILTINS:
+        return
+    _BUILTINS.append(True)
+    from ..methods._csgd_stages import csgd_stages
+    from . import _scored  # noqa: F401  (registers scores, car, car-classwise, iterative)
+
+    def csgd(job: PruneJob) -> MethodResult:
+        result = csgd_stages(job)
+        return MethodResult(result.report, {"csgd": result.summary()}, finetuned=True, history=result.history)
+
+    register_method(Method(
+        "csgd", csgd, description="C-SGD: cluster, centripetal training (the fine-tune epochs), trim",
+        extends={"finetune.epochs": "increase", "finetune.keep_checkpoints": "any",
+                 "prune.criterion_options.force": "any", "prune.criterion_options.max_deviation": "any"},
+        reopens={"finetune.epochs": "csgd.centripetal", "prune.criterion_options.force": "csgd.trim",
+                 "prune.criterion_options.max_deviation": "csgd.trim"},
+    ))
