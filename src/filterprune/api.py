@@ -26,13 +26,14 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from .graph.check import apply_plan_checked, evaluating
+from .graph.check import apply_plan_checked
 from .graph.groups import ChannelGroup
 from .graph.serialize import load_model, save_model
 from .graph.surgery import apply_plan
 from .graph.trace import Inputs, forward, trace_groups
 from .selection import SelectOptions, baseline, default_counter, select
 from .types import PathLike, Scores
+from .utils.modes import evaluating, modes_kept
 
 logger = logging.getLogger(__name__)
 
@@ -137,12 +138,8 @@ def _score(model, example_inputs, groups, crit, data, seed, num_batches) -> Scor
     kwargs = {"data": data, "seed": seed, "num_batches": num_batches}
     ctx = ScoringContext(model=model, example_inputs=example_inputs, groups=list(groups),
                          **{k: v for k, v in kwargs.items() if k in fields and v is not None})
-    modes = {m: m.training for m in model.modules()}
-    try:
+    with modes_kept(model):
         return crit.score(ctx)
-    finally:
-        for m, mode in modes.items():
-            m.training = mode
 
 
 def score(

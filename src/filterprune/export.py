@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from .errors import FilterpruneError
 from .types import PathLike
+from .utils.modes import evaluating
 
 logger = logging.getLogger(__name__)
 
@@ -70,42 +71,39 @@ def export_onnx(
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     tmp = Path(tmp_name)
-    modes = {m: m.training for m in model.modules()}
     try:
-        model.eval()
-        with torch.no_grad():
-            reference = model(*inputs)
-        outputs = [reference] if isinstance(reference, Tensor) else list(reference)
-        output_names = ["output"] if len(outputs) == 1 else [f"output_{i}" for i in range(len(outputs))]
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", DeprecationWarning)
-            try:
-                torch.onnx.export(
-                    model, inputs, str(tmp), opset_version=OPSET, dynamo=False,
-                    input_names=input_names, output_names=output_names,
-                    dynamic_axes={n: {0: "batch"} for n in input_names + output_names},
-                )
-            except torch.onnx.OnnxExporterError as e:
-                if "not installed" in str(e):  # "Module onnx is not installed!"
-                    raise ImportError(f"ONNX export needs the onnx extra (pip install onnx onnxruntime): {e}") from e
-                raise FilterpruneError(f"ONNX export of {type(model).__name__} failed: {e}") from e
-            except RuntimeError as e:  # unsupported operators and tracing failures
-                raise FilterpruneError(f"ONNX export of {type(model).__name__} failed: {e}") from e
-        for w in caught:
-            if issubclass(w.category, DeprecationWarning) or (check and _KNOWN_BOOL_INDEX in str(w.message)):
-                logger.debug("torch.onnx: %s", w.message)  # the exporter's deprecation; a case the check covers
-            else:
-                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-        diff = _max_abs_diff(tmp, input_names, inputs, outputs) if check else float("nan")
-        if check and not diff <= atol:
-            raise FilterpruneError(f"ONNX check failed: max |onnxruntime - torch| = {diff:.3g} > {atol:g}")
-        os.replace(tmp, path)
-        logger.info("exported %s (opset %d, max abs diff %.3g)", path, OPSET, diff)
-        return diff
+        with evaluating(model, no_grad=False):
+            with torch.no_grad():
+                reference = model(*inputs)
+            outputs = [reference] if isinstance(reference, Tensor) else list(reference)
+            output_names = ["output"] if len(outputs) == 1 else [f"output_{i}" for i in range(len(outputs))]
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", DeprecationWarning)
+                try:
+                    torch.onnx.export(
+                        model, inputs, str(tmp), opset_version=OPSET, dynamo=False,
+                        input_names=input_names, output_names=output_names,
+                        dynamic_axes={n: {0: "batch"} for n in input_names + output_names},
+                    )
+                except torch.onnx.OnnxExporterError as e:
+                    if "not installed" in str(e):  # "Module onnx is not installed!"
+                        raise ImportError(f"ONNX export needs the onnx extra (pip install onnx onnxruntime): {e}") from e
+                    raise FilterpruneError(f"ONNX export of {type(model).__name__} failed: {e}") from e
+                except RuntimeError as e:  # unsupported operators and tracing failures
+                    raise FilterpruneError(f"ONNX export of {type(model).__name__} failed: {e}") from e
+            for w in caught:
+                if issubclass(w.category, DeprecationWarning) or (check and _KNOWN_BOOL_INDEX in str(w.message)):
+                    logger.debug("torch.onnx: %s", w.message)  # the exporter's deprecation; a case the check covers
+                else:
+                    warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+            diff = _max_abs_diff(tmp, input_names, inputs, outputs) if check else float("nan")
+            if check and not diff <= atol:
+                raise FilterpruneError(f"ONNX check failed: max |onnxruntime - torch| = {diff:.3g} > {atol:g}")
+            os.replace(tmp, path)
+            logger.info("exported %s (opset %d, max abs diff %.3g)", path, OPSET, diff)
+            return diff
     finally:
         tmp.unlink(missing_ok=True)
-        for m, training in modes.items():
-            m.training = training
 
 
 def _max_abs_diff(path: Path, input_names: list[str], inputs: tuple[Any, ...], outputs: list[Tensor]) -> float:

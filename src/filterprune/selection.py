@@ -42,7 +42,8 @@ from .errors import PruningError
 from .graph.groups import ChannelGroup, PrunePlan
 from .graph.surgery import apply_plan, is_depthwise
 from .graph.trace import Inputs, first_sample, forward
-from .types import GroupId, Scores
+from .types import NORM_LAYERS, GroupId, Scores
+from .utils.modes import evaluating
 
 logger = logging.getLogger(__name__)
 
@@ -129,8 +130,7 @@ class CostModel:
 
     def __init__(self, model: nn.Module, example_inputs: Inputs) -> None:
         self.modules = {n: m for n, m in model.named_modules()
-                        if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._BatchNorm,
-                                          nn.modules.instancenorm._InstanceNorm, nn.PReLU))}
+                        if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear, *NORM_LAYERS, nn.PReLU))}
         # spatial positions per sample, summed over calls: of the output (of the input for transposed
         # convs, which metrics.count counts by input element)
         self.positions: dict[str, int] = defaultdict(int)
@@ -143,16 +143,12 @@ class CostModel:
             return record
 
         handles = [m.register_forward_hook(hook(n)) for n, m in self.modules.items()]
-        modes = {m: m.training for m in model.modules()}
-        model.eval()
         try:
-            with torch.no_grad():
+            with evaluating(model):
                 forward(model, example_inputs)
         finally:
             for h in handles:
                 h.remove()
-            for m, mode in modes.items():
-                m.training = mode
 
     def cost(self, name: str, cut_out: int = 0, cut_in: int = 0) -> tuple[float, float]:
         """(MACs, params) of module ``name`` with ``cut_out``/``cut_in`` channels removed."""

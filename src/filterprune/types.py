@@ -14,8 +14,11 @@ from __future__ import annotations
 
 import os
 
-from torch import Tensor
+from torch import Tensor, nn
 
 GroupId = str  # qualified name of a group's root layer, e.g. "layer1.0.conv1"
 Scores = dict[GroupId, Tensor]  # one 1-D tensor per group, one score per channel
 PathLike = str | os.PathLike
+# normalisation layers with one entry per channel (BatchNorm*, InstanceNorm*, SyncBatchNorm): they follow
+# their producer's channels and carry per-channel parameters and running statistics
+NORM_LAYERS = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)

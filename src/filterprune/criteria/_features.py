@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..graph.check import evaluating
+from ..utils.modes import evaluating
 from .base import ScoringError
 
 logger = logging.getLogger(__name__)

@@ -56,6 +56,7 @@ import torch
 from torch import Tensor
 
 from ..types import GroupId, PathLike, Scores
+from ..utils.modes import evaluating
 from ._car_fast import CarEngine, EvalStats
 from .base import Criterion, ScoringContext, ScoringError, register_criterion
 
@@ -162,7 +163,6 @@ def car_analysis(ctx: ScoringContext, *, metric: str = "accuracy", eval_images: 
         ScoringError: no data; ValueError: bad options.
     """
     from ..distributed import all_reduce_sum, current_shard
-    from ..graph.check import evaluating
 
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")

@@ -25,10 +25,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..graph.check import apply_plan_checked, evaluating
+from ..graph.check import apply_plan_checked
 from ..graph.groups import ChannelGroup, PrunePlan
 from ..graph.masking import Mask, mask
 from ..graph.trace import Inputs, trace_groups
+from ..utils.modes import evaluating
 from ._car_fast import CarEngine
 from .base import ScoringContext, create_criterion
 from .car import METRICS, collect_eval_set, stats_to_result

@@ -59,10 +59,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..graph.check import evaluating
 from ..graph.groups import ChannelGroup
 from ..graph.trace import forward
 from ..types import Scores
+from ..utils.modes import evaluating
 from ._features import POOLINGS, Block, collect_pooled
 from ._pls import pls2, vip
 from .base import Criterion, ScoringContext, ScoringError, register_criterion

@@ -39,6 +39,7 @@ from torch.func import functional_call
 
 from ..graph.groups import ChannelGroup
 from ..types import Scores
+from ..utils.modes import modes_kept
 from ._weights import group_slices
 from .base import Criterion, ScoringContext, register_criterion
 
@@ -66,12 +67,11 @@ class Taylor(Criterion):
         kinds = ("out", "in") if self.include_consumers else ("out",)
         params = {n: p.detach().requires_grad_(True) for n, p in model.named_parameters()}
         buffers = {n: b.clone() for n, b in model.named_buffers()}  # BN updates in train mode land here
-        modes = {m: m.training for m in model.modules()}
         sums: dict[str, Tensor] = {}
         n_batches = 0
         device = ctx.resolved_device()
         rng_devices = [device] if device.type == "cuda" else []  # fork_rng restores these RNGs too
-        try:
+        with modes_kept(model):
             model.train(self.train_mode)
             with torch.random.fork_rng(devices=rng_devices), torch.enable_grad():
                 torch.manual_seed(ctx.seed)
@@ -88,9 +88,6 @@ class Taylor(Criterion):
                         t = self._channel_sum(ctx, group, kinds, wg)  # t_b[c] = sum_{s in S_c} w_s g_s
                         sums[group.id] = sums[group.id] + t.pow(2) if group.id in sums else t.pow(2)
                     n_batches += 1
-        finally:
-            for m, training in modes.items():
-                m.training = training
         logger.debug("taylor: scored %d groups on %d batches", len(groups), n_batches)
         return {gid: s / n_batches for gid, s in sums.items()}  # mean over batches of t_b^2
 

@@ -12,35 +12,22 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
 from ..errors import PruningError
+from ..utils.modes import evaluating
 from .groups import ChannelGroup, PrunePlan
 from .masking import masked_plan
 from .surgery import apply_plan, is_depthwise
 from .trace import PASS_THROUGH, Inputs, first_sample, flat_outputs, forward, is_mixer, map_tensors
 
 logger = logging.getLogger(__name__)
-
-
-@contextlib.contextmanager
-def evaluating(model: nn.Module) -> Iterator[None]:
-    """Eval mode and no grad for the block; the train/eval flags are restored afterwards."""
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        for m, mode in modes.items():
-            m.training = mode
 
 
 def _probe_channels(size: int) -> list[int]:

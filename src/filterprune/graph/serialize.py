@@ -40,7 +40,7 @@ from torch import Tensor, nn
 
 from ..checkpoint import read_checkpoint, save_checkpoint
 from ..errors import CheckpointError
-from ..types import PathLike
+from ..types import NORM_LAYERS, PathLike
 from ._validate import check_arch_size, check_inputs_run, validated_record, validated_widths
 from .ops import channel_attrs, layer_op, set_channel_attrs
 
@@ -63,7 +63,7 @@ def expected_shapes(m: nn.Module, attrs: Mapping[str, Any]) -> dict[str, tuple[i
         return {"weight": (*w, *m.kernel_size), "bias": (cout,)}
     if isinstance(m, nn.Linear):
         return {"weight": (attrs["out_features"], attrs["in_features"]), "bias": (attrs["out_features"],)}
-    if isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)):
+    if isinstance(m, NORM_LAYERS):
         c = (attrs["num_features"],)
         return {"weight": c, "bias": c, "running_mean": c, "running_var": c, "num_batches_tracked": ()}
     if isinstance(m, nn.GroupNorm):

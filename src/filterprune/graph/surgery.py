@@ -25,13 +25,13 @@ import torch
 from torch import nn
 
 from ..errors import PruningError
+from ..types import NORM_LAYERS
 from .groups import ChannelGroup, PrunePlan
 from .ops import layer_op
 
 logger = logging.getLogger(__name__)
 
 _CONV = nn.modules.conv._ConvNd
-_NORM = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)
 
 
 def is_depthwise(m: nn.Module) -> bool:
@@ -104,7 +104,7 @@ def prune_module(m: nn.Module, kind: str, remove: Sequence[int]) -> None:
             m.out_features = len(keep)
         else:
             m.in_features = len(keep)
-    elif isinstance(m, _NORM):
+    elif isinstance(m, NORM_LAYERS):
         for name in ("weight", "bias", "running_mean", "running_var"):
             _slice_param(m, name, 0, keep)
         m.num_features = len(keep)

@@ -34,6 +34,8 @@ from torch_pruning import ops as tp_ops
 from torch_pruning.pruner.function import BasePruningFunc
 
 from ..errors import PruningError
+from ..types import NORM_LAYERS
+from ..utils.modes import modes_kept
 from .groups import ChannelGroup, Member
 from .ops import LayerOp, layer_op, opaque_forward
 from .surgery import dim_size, is_depthwise
@@ -43,7 +45,7 @@ logger = logging.getLogger(__name__)
 Inputs = torch.Tensor | tuple | list | dict
 
 # Modules whose channel dims we know how to slice (surgery.py) and mask (masking.py).
-PASS_THROUGH = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm, nn.PReLU)
+PASS_THROUGH = (*NORM_LAYERS, nn.PReLU)
 _REFUSED_MODULES = (nn.GroupNorm, nn.LayerNorm, nn.MultiheadAttention, nn.RNNBase, nn.Embedding)
 # grad_fn names (lower case) of ops that move channels or that we cannot follow.
 _MOVING_OPS = ("transpose", "permute", "pixelshuffle", "pixelunshuffle", "channelshuffle", "index",
@@ -95,19 +97,16 @@ def is_mixer(m: nn.Module) -> bool:
 @contextlib.contextmanager
 def _tracing(model: nn.Module) -> Iterator[None]:
     """Grad on, registered layer ops opaque, train/eval flags restored afterwards (torch-pruning sets eval)."""
-    modes = {m: m.training for m in model.modules()}
     patched = [m for m in model.modules() if layer_op(m) is not None]
     for m in patched:
         m.forward = opaque_forward(m)
     try:
-        with torch.enable_grad(), warnings.catch_warnings():
+        with modes_kept(model), torch.enable_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield
     finally:
         for m in patched:
             del m.forward
-        for m, mode in modes.items():
-            m.training = mode
 
 
 def map_tensors(inputs: Inputs, fn) -> Inputs:

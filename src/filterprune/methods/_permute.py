@@ -19,7 +19,8 @@ from torch import nn
 from ..graph.groups import ChannelGroup
 from ..graph.ops import layer_op
 from ..graph.surgery import dim_size, is_depthwise, weight_dim
-from ._slots import _NORM, _module_params
+from ..types import NORM_LAYERS
+from ._slots import _module_params
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ def permute_channels(model: nn.Module, group: ChannelGroup, perm: Sequence[int])
         else:
             for attr, dim, _ in _module_params(module, member.module):
                 _reorder(getattr(module, attr), dim, order)
-            if isinstance(module, _NORM) and module.track_running_stats:
+            if isinstance(module, NORM_LAYERS) and module.track_running_stats:
                 _reorder(module.running_mean, 0, order)
                 _reorder(module.running_var, 0, order)
 

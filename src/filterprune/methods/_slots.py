@@ -18,11 +18,10 @@ from torch import Tensor, nn
 from ..errors import PruningError
 from ..graph.groups import ChannelGroup
 from ..graph.surgery import is_depthwise, weight_dim
-from ..types import GroupId
+from ..types import NORM_LAYERS, GroupId
 from ._clusters import Clusters, labels_of
 
 _CONV = nn.modules.conv._ConvNd
-_NORM = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 
@@ -80,7 +79,7 @@ def _module_params(module: nn.Module, name: str) -> list[tuple[str, int, bool]]:
         return out + ([("bias", 0, False)] if module.bias is not None else [])
     if isinstance(module, nn.Linear):
         return [("weight", 0, True)] + ([("bias", 0, False)] if module.bias is not None else [])
-    if isinstance(module, _NORM):
+    if isinstance(module, NORM_LAYERS):
         return [(a, 0, False) for a in ("weight", "bias") if getattr(module, a, None) is not None]
     if isinstance(module, nn.PReLU):
         return [("weight", 0, False)] if module.num_parameters > 1 else []

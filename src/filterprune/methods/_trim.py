@@ -27,18 +27,19 @@ import torch
 from torch import nn
 
 from ..errors import PruningError
-from ..graph.check import apply_plan_checked, evaluating
+from ..graph.check import apply_plan_checked
 from ..graph.groups import ChannelGroup, PrunePlan
 from ..graph.ops import layer_op
 from ..graph.surgery import apply_plan, is_depthwise, weight_dim
 from ..graph.trace import Inputs, flat_outputs, forward
+from ..types import NORM_LAYERS
+from ..utils.modes import evaluating
 from ._clusters import Clusters, labels_of, shortcut_feeds
 from ._slots import Deviation, _module_params, clustered_params, deviation
 
 logger = logging.getLogger(__name__)
 
 KEEP = ("mean", "first")
-_NORM = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)
 
 
 @dataclass(frozen=True)
@@ -143,7 +144,7 @@ def fold(model: nn.Module, groups: Sequence[ChannelGroup], clusters: Clusters, *
 def _average_outputs(module: nn.Module, idxs, cl: list[list[int]], size: int) -> None:
     """Set every channel's producer entries (parameters, BN statistics) to its cluster mean."""
     entries = [(attr, dim) for attr, dim, _ in _module_params(module, "")]
-    if isinstance(module, _NORM) and module.track_running_stats:
+    if isinstance(module, NORM_LAYERS) and module.track_running_stats:
         entries += [("running_mean", 0), ("running_var", 0)]
     if not entries:
         return
@@ -190,7 +191,7 @@ def bn_stat_deviation(model: nn.Module, groups: Sequence[ChannelGroup], clusters
         counts = torch.tensor([float(len(c)) for c in cl], dtype=torch.float64)
         for member in group.members_of("out"):
             m = model.get_submodule(member.module)
-            if not isinstance(m, _NORM) or not m.track_running_stats or m.running_mean is None:
+            if not isinstance(m, NORM_LAYERS) or not m.track_running_stats or m.running_mean is None:
                 continue
             index = torch.tensor([ix[0] for ix in member.idxs], dtype=torch.long)
             for attr in ("running_mean", "running_var"):

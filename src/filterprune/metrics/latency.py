@@ -17,6 +17,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..utils.modes import evaluating
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["measure_latency"]
@@ -85,30 +87,24 @@ def measure_latency(
     if dev.type == "cuda" and dev.index is None:
         dev = torch.device("cuda", torch.cuda.current_device())
     net = model if dev == model_device else copy.deepcopy(model).to(dev)
-    modes = {m: m.training for m in net.modules()}
     gen = torch.Generator().manual_seed(seed)
     results: dict[str, dict[str, Any]] = {}
-    try:
-        net.eval()
-        with torch.inference_mode():
-            for bs in batch_sizes:
-                x = torch.randn(bs, *shape, generator=gen).to(device=dev, dtype=dtype)
-                for _ in range(warmup):
-                    net(x)
-                if dev.type == "cuda":
-                    torch.cuda.synchronize(dev)
-                times = [_time_once(net, x, dev) for _ in range(repeats)]
-                q1, _, q3 = statistics.quantiles(times, n=4) if len(times) > 1 else (times[0],) * 3
-                results[str(bs)] = {
-                    "batch_size": bs,
-                    "median_ms": statistics.median(times),
-                    "iqr_ms": q3 - q1,
-                    "repeats": repeats,
-                    "threads": torch.get_num_threads(),
-                    "device": str(dev),
-                }
-                logger.debug("latency b=%d: %.3f ms (IQR %.3f)", bs, results[str(bs)]["median_ms"], q3 - q1)
-    finally:
-        for m, training in modes.items():
-            m.training = training
+    with evaluating(net), torch.inference_mode():
+        for bs in batch_sizes:
+            x = torch.randn(bs, *shape, generator=gen).to(device=dev, dtype=dtype)
+            for _ in range(warmup):
+                net(x)
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+            times = [_time_once(net, x, dev) for _ in range(repeats)]
+            q1, _, q3 = statistics.quantiles(times, n=4) if len(times) > 1 else (times[0],) * 3
+            results[str(bs)] = {
+                "batch_size": bs,
+                "median_ms": statistics.median(times),
+                "iqr_ms": q3 - q1,
+                "repeats": repeats,
+                "threads": torch.get_num_threads(),
+                "device": str(dev),
+            }
+            logger.debug("latency b=%d: %.3f ms (IQR %.3f)", bs, results[str(bs)]["median_ms"], q3 - q1)
     return results

@@ -25,8 +25,9 @@ import math
 from collections.abc import Callable
 from typing import Any, TypedDict
 
-import torch
 from torch import Tensor, nn
+
+from ..utils.modes import evaluating
 
 logger = logging.getLogger(__name__)
 
@@ -144,19 +145,15 @@ def layer_table(model: nn.Module, example_inputs: Tensor | tuple[Any, ...]) -> l
 
         return fn
 
-    modes = {m: m.training for m in model.modules()}
     try:
         for name, module in model.named_modules():
             if next(module.children(), None) is None:  # leaf (a childless model is its own leaf)
                 handles.append(module.register_forward_hook(hook(name or type(module).__name__, module)))
-        model.eval()
-        with torch.no_grad():
+        with evaluating(model):
             model(*inputs)
     finally:
         for h in handles:
             h.remove()
-        for m, training in modes.items():
-            m.training = training
     for row in rows.values():
         row["macs"] = row["macs"] // batch
     return [LayerRow(**r) for r in rows.values()]

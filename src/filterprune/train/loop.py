@@ -26,6 +26,7 @@ from ..errors import CheckpointError, FilterpruneError
 from ..types import PathLike
 from ..utils.io import atomic_write
 from ..utils.killpoint import kill_point
+from ..utils.modes import evaluating
 from ..utils.progress import progress
 from ..utils.seed import pick_device
 from .hooks import TrainHook
@@ -51,29 +52,27 @@ def evaluate(
 ) -> dict[str, Any]:
     """Top-1 accuracy (percent), mean cross-entropy and per-class accuracy over ``loader``.
 
-    The model is put in eval mode for the pass and its previous mode restored.
+    The model is put in eval mode for the pass and every submodule's previous mode restored.
     """
     device = pick_device(device)
-    was_training = model.training
-    model.eval()
     loss_sum, correct, n = 0.0, 0, 0
     hits: torch.Tensor | None = None
     counts: torch.Tensor | None = None
-    for x, y in loader:
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        with _autocast(device, amp):
-            logits = model(x)
-        logits = logits.float()
-        loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
-        pred = logits.argmax(1)
-        correct += (pred == y).sum().item()
-        n += y.numel()
-        k = num_classes or logits.shape[1]
-        if hits is None:
-            hits, counts = torch.zeros(k), torch.zeros(k)
-        hits += torch.bincount(y[pred == y].cpu(), minlength=k)[:k].float()
-        counts += torch.bincount(y.cpu(), minlength=k)[:k].float()
-    model.train(was_training)
+    with evaluating(model):  # every submodule's train/eval flag restored, also on errors
+        for x, y in loader:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            with _autocast(device, amp):
+                logits = model(x)
+            logits = logits.float()
+            loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+            pred = logits.argmax(1)
+            correct += (pred == y).sum().item()
+            n += y.numel()
+            k = num_classes or logits.shape[1]
+            if hits is None:
+                hits, counts = torch.zeros(k), torch.zeros(k)
+            hits += torch.bincount(y[pred == y].cpu(), minlength=k)[:k].float()
+            counts += torch.bincount(y.cpu(), minlength=k)[:k].float()
     if n == 0:
         raise ValueError("evaluate() got an empty loader")
     per_class = (100 * hits / counts.clamp(min=1)).tolist()
