@@ -16,7 +16,7 @@ from pathlib import Path
 
 from filterprune.models import PRETRAINED
 from filterprune.utils.env import environment
-from filterprune.workflows.inspect import evaluate_model
+from filterprune.workflows.info import evaluate_model
 
 
 def main(argv=None) -> int:

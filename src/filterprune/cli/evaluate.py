@@ -19,7 +19,7 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..workflows.inspect import evaluate_model
+    from ..workflows.info import evaluate_model
     from ._args import check_eval_args
 
     check_eval_args(args)

@@ -16,7 +16,7 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..workflows.inspect import describe_model, registered
+    from ..workflows.info import describe_model, registered
     from ._args import check_info_args
 
     check_info_args(args)

@@ -7,7 +7,7 @@ Abbasi-Asl & Yu 2017; needs data) and ``random``. Higher scores mean keep. Impor
 registers them; nothing else happens at import.
 """
 
-from . import bn_scale, car, magnitude, pls_vip, random, taylor  # noqa: F401  (registration)
+from . import bn_scale, car, magnitude, pls_vip, random_score, taylor  # noqa: F401  (registration)
 from .base import (
     CRITERIA,
     Criterion,
