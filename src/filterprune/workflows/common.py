@@ -22,8 +22,8 @@ def model_kwargs_for(name: str, ds: ArrayDataset | None) -> dict[str, Any]:
     return kwargs
 
 
-def load_model(model: str | None, weights: str | None, ds: ArrayDataset | None = None) -> nn.Module:
-    """A model from a name and/or weights.
+def resolve_model(model: str | None, weights: str | None, ds: ArrayDataset | None = None) -> nn.Module:
+    """The model a command names: a registered name and/or weights (not :func:`filterprune.load`).
 
     Our ``.safetensors`` files describe their own (possibly pruned) architecture, so ``model`` may be
     omitted; foreign ``.th``/``.pt`` files need ``model``. ``weights="auto"`` takes the known checkpoint.

@@ -10,7 +10,7 @@ from ..data import BatchLoader, load_data
 from ..models import list_models
 from ..train import evaluate
 from ..utils.seed import pick_device
-from .common import load_model
+from .common import resolve_model
 
 
 def registered() -> str:
@@ -23,7 +23,7 @@ def describe_model(model: str | None, weights: str | None, input_size: tuple[int
     """A per-layer table (type, in/out widths, MACs, params) with totals."""
     from ..metrics import count, layer_table
 
-    net = load_model(model, weights)
+    net = resolve_model(model, weights)
     if input_size is not None:
         from ..inputs import check_input_size
 
@@ -50,7 +50,7 @@ def evaluate_model(model: str | None, weights: str | None, data: str, *, split: 
     ds = getattr(splits, split)
     if ds is None:
         raise ValueError(f"{data} has no {split} split")
-    net = load_model(model, weights, splits.train)
+    net = resolve_model(model, weights, splits.train)
     dev = pick_device(device)
     result = evaluate(net.to(dev), BatchLoader(ds, batch_size, train=False, device=dev), dev)
     return {"data": data, "split": split, "acc": result["acc"], "loss": result["loss"], "n": result["n"],

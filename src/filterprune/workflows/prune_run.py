@@ -97,14 +97,14 @@ def _run(cfg: PruneRunConfig, runner: Runner, method, download: bool) -> dict[st
     from ..train.run import loaders
     from ..utils.env import environment
     from ..utils.seed import pick_device, seed_everything
-    from .common import load_model
+    from .common import resolve_model
 
     out = runner.folder
     if not (out / "env.json").exists():
         atomic_write_json(out / "env.json", environment())
     seed_everything(cfg.prune.seed)
     splits = load_data(cfg.data, val_fraction=cfg.val_fraction, download=download)
-    model = load_model(cfg.model or None, cfg.weights or None, splits.train)
+    model = resolve_model(cfg.model or None, cfg.weights or None, splits.train)
     device = pick_device(cfg.finetune.device)
     model.to(device)
     ft = cfg.finetune
