@@ -40,7 +40,7 @@ def missing(package: Path = PACKAGE) -> list[str]:
         module = ".".join(path.relative_to(package.parent).with_suffix("").parts).removesuffix(".__init__")
         tree = ast.parse(path.read_text())
 
-        def visit(body, prefix):
+        def visit(body, prefix, module=module):
             for node in body:
                 if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
                     continue
@@ -50,7 +50,7 @@ def missing(package: Path = PACKAGE) -> list[str]:
                 if ast.get_docstring(node) is None:
                     out.append(f"{module}:{qual}")
                 if isinstance(node, ast.ClassDef):
-                    visit(node.body, qual + ".")
+                    visit(node.body, qual + ".", module)
 
         visit(tree.body, "")
     return out
