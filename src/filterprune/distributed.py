@@ -23,7 +23,7 @@ import torch.distributed as dist
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["all_reduce_sum", "current_shard", "init_distributed", "main"]
+__all__ = ["all_reduce_max", "all_reduce_sum", "current_shard", "init_distributed", "main"]
 
 
 def current_shard() -> tuple[int, int]:
@@ -51,14 +51,23 @@ def init_distributed(backend: str | None = None) -> tuple[int, int]:
     return current_shard()
 
 
-def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
-    """Sum ``t`` over all processes (returns ``t`` itself when not distributed); result on ``t``'s device."""
+def _all_reduce(t: torch.Tensor, op) -> torch.Tensor:
     if current_shard()[1] == 1:
         return t
     device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
     buf = t.to(device).clone()
-    dist.all_reduce(buf, op=dist.ReduceOp.SUM)
+    dist.all_reduce(buf, op=op)
     return buf.to(t.device)
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """Sum ``t`` over all processes (returns ``t`` itself when not distributed); result on ``t``'s device."""
+    return _all_reduce(t, dist.ReduceOp.SUM)
+
+
+def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
+    """Element-wise maximum of ``t`` over all processes (``t`` itself when not distributed)."""
+    return _all_reduce(t, dist.ReduceOp.MAX)
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -1,10 +1,12 @@
 """Pooled layer outputs as a design matrix: one row per image, one column per (layer, channel).
 
-:func:`collect_pooled` runs the model (eval mode, no grad) over ``(x, y)`` batches with forward hooks
+:func:`iter_pooled` runs the model (eval mode, no grad) over ``(x, y)`` batches with forward hooks
 on the requested modules; each hook reduces its output to one number per image and channel (global
-max or average over every spatial position) and writes it straight into ONE preallocated float32
-``(N, F)`` matrix on the CPU. Feature maps are never kept beyond the hook, so memory is N x F x 4
-bytes plus one batch of activations.
+max or average over every spatial position) and writes it into one float32 ``(B, F)`` batch buffer
+that is yielded; feature maps are never kept beyond the hook. The PLS+VIP criterion folds each batch
+into float64 cross products (:mod:`._pls_kernel`), so its memory does not grow with N;
+:func:`collect_pooled` stacks the batches into one ``(N, F)`` matrix (N x F x 4 bytes) for the
+data-matrix reference path (:func:`._pls.pls2`).
 
 Sampling. With ``samples=N`` the first images of each class in the data order are taken, N // K per
 class (the first N % K classes one more), K being the number of classes; images past their class'
@@ -19,7 +21,8 @@ mean (average pooling) of its calls.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import closing
 from dataclasses import dataclass
 
 import torch
@@ -78,6 +81,102 @@ def _capacity(data: Iterable, first: Tensor, samples: int | None) -> int:
         raise ScoringError("pls-vip: the data iterable has no len(); pass samples=N") from None
 
 
+def iter_pooled(
+    model: nn.Module,
+    data: Iterable[tuple[Tensor, Tensor]],
+    blocks: Sequence[Block],
+    *,
+    samples: int | None = None,
+    pooling: str = "max",
+    device: torch.device | str = "cpu",
+    num_classes: int | None = None,
+    shard: tuple[int, int] = (0, 1),
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """Pooled outputs of ``blocks``, one batch at a time: yields ``(x, y)``, ``(b, F)`` float32 and ``(b,)`` int64.
+
+    Only one batch of features lives at a time. Arguments as :func:`collect_pooled`, plus
+
+    Args:
+        shard: ``(rank, world)``: this process reads batches ``rank, rank + world, ...`` of ``data``
+            (every image read by exactly one process) and takes its share of ``samples`` and of
+            every class quota (``quota // world``, the first ``quota % world`` ranks one more).
+    """
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
+    rank, world = shard
+    offsets, start = [], 0
+    for b in blocks:
+        offsets.append(start)
+        start += len(b.channels)
+    width = start
+    by_module: dict[str, list[int]] = {}
+    for i, b in enumerate(blocks):
+        by_module.setdefault(b.module, []).append(i)
+    chan = [torch.tensor(b.channels, dtype=torch.long, device=device) for b in blocks]
+    if samples is not None and world > 1:
+        quota, other_quota = _quotas(samples, num_classes)
+        quota = None if quota is None else quota // world + (rank < quota % world)
+        other_quota = -(-other_quota // world)
+        samples = samples // world + (rank < samples % world)
+    else:
+        quota, other_quota = _quotas(samples, num_classes) if samples is not None else (None, 0)
+    taken = torch.zeros(0 if quota is None else len(quota), dtype=torch.long)
+    taken_other: dict[int, int] = {}
+    state: dict = {"buf": None, "calls": {}}
+
+    def hook_for(name: str):
+        module = model.get_submodule(name)
+
+        def hook(mod, inputs, out):
+            calls = state["calls"]
+            calls[name] = calls.get(name, 0) + 1
+            for i in by_module[name]:
+                block = blocks[i]
+                pooled = _pool(out, module, chan[i], pooling, block.relu).cpu()  # (B, C_block)
+                dst = state["buf"][:, offsets[i]:offsets[i] + len(block.channels)]
+                if calls[name] == 1:
+                    dst.copy_(pooled)
+                elif pooling == "max":
+                    torch.maximum(dst, pooled, out=dst)
+                else:
+                    dst.add_(pooled)  # divided by the call count after the forward pass
+        return hook
+
+    n = 0
+    handles = [model.get_submodule(name).register_forward_hook(hook_for(name)) for name in by_module]
+    try:
+        with evaluating(model):  # eval mode, no grad, flags restored
+            for index, (x, y) in enumerate(data):
+                if index % world != rank:
+                    continue
+                y = y.detach().cpu().long()
+                keep = _select(y, quota, other_quota, taken, taken_other, samples, n)
+                if keep is not None and len(keep) == 0:
+                    if samples is not None and n >= samples:
+                        break
+                    continue
+                if keep is not None:
+                    x, y = x[keep.to(x.device)], y[keep]
+                state["buf"], state["calls"] = torch.empty(len(y), width), {}
+                model(x.to(device))
+                buf = state["buf"]
+                if pooling == "avg":
+                    for name, count in state["calls"].items():
+                        if count > 1:
+                            for i in by_module[name]:
+                                buf[:, offsets[i]:offsets[i] + len(blocks[i].channels)].div_(count)
+                state["buf"] = None
+                n += len(y)
+                yield buf, y
+                if samples is not None and n >= samples:
+                    break
+    finally:
+        for h in handles:
+            h.remove()
+    if samples is not None and n < samples:
+        logger.info("pls-vip: data ran out after %d of %d requested images", n, samples)
+
+
 def collect_pooled(
     model: nn.Module,
     data: Iterable[tuple[Tensor, Tensor]],
@@ -88,7 +187,7 @@ def collect_pooled(
     device: torch.device | str = "cpu",
     num_classes: int | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Pooled outputs of ``blocks`` over the images of ``data``.
+    """Pooled outputs of ``blocks`` over the images of ``data``, as one matrix.
 
     Args:
         model: the network; run in eval mode under ``torch.no_grad``, its train/eval flags restored.
@@ -106,82 +205,26 @@ def collect_pooled(
     Raises:
         ScoringError: no image was read, or ``samples=None`` with an iterable of unknown length.
     """
-    if pooling not in POOLINGS:
-        raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
-    offsets, start = [], 0
-    for b in blocks:
-        offsets.append(start)
-        start += len(b.channels)
-    width = start
-    by_module: dict[str, list[int]] = {}
-    for i, b in enumerate(blocks):
-        by_module.setdefault(b.module, []).append(i)
-    chan = [torch.tensor(b.channels, dtype=torch.long, device=device) for b in blocks]
-    quota, other_quota = _quotas(samples, num_classes) if samples is not None else (None, 0)
-    taken = torch.zeros(0 if quota is None else len(quota), dtype=torch.long)
-    taken_other: dict[int, int] = {}
-
     x_mat: Tensor | None = None
     labels: Tensor | None = None
-    state = {"rows": slice(0, 0), "calls": {}}
-
-    def hook_for(name: str):
-        module = model.get_submodule(name)
-
-        def hook(mod, inputs, out):
-            calls = state["calls"]
-            calls[name] = calls.get(name, 0) + 1
-            for i in by_module[name]:
-                block = blocks[i]
-                pooled = _pool(out, module, chan[i], pooling, block.relu).cpu()  # (B, C_block)
-                dst = x_mat[state["rows"], offsets[i]:offsets[i] + len(block.channels)]
-                if calls[name] == 1:
-                    dst.copy_(pooled)
-                elif pooling == "max":
-                    torch.maximum(dst, pooled, out=dst)
-                else:
-                    dst.add_(pooled)  # divided by the call count after the forward pass
-        return hook
-
     n = 0
-    handles = [model.get_submodule(name).register_forward_hook(hook_for(name)) for name in by_module]
-    try:
-        with evaluating(model):  # eval mode, no grad, flags restored
-            for x, y in data:
-                y = y.detach().cpu().long()
-                keep = _select(y, quota, other_quota, taken, taken_other, samples, n)
-                if keep is not None and len(keep) == 0:
-                    if samples is not None and n >= samples:
-                        break
-                    continue
-                if x_mat is None:
-                    cap = _capacity(data, y, samples)
-                    x_mat = torch.empty(cap, width, dtype=torch.float32)  # the one design matrix
-                    labels = torch.empty(cap, dtype=torch.long)
-                if keep is not None:
-                    x, y = x[keep.to(x.device)], y[keep]
-                b = min(len(y), x_mat.shape[0] - n)
-                if b < len(y):
-                    logger.warning("pls-vip: more images than len(data) promised; using the first %d", x_mat.shape[0])
-                    x, y = x[:b], y[:b]
-                state["rows"], state["calls"] = slice(n, n + b), {}
-                model(x.to(device))
-                if pooling == "avg":
-                    for name, count in state["calls"].items():
-                        if count > 1:
-                            for i in by_module[name]:
-                                x_mat[n:n + b, offsets[i]:offsets[i] + len(blocks[i].channels)].div_(count)
-                labels[n:n + b] = y
-                n += b
-                if n >= x_mat.shape[0]:
-                    break
-    finally:
-        for h in handles:
-            h.remove()
+    batches = iter_pooled(model, data, blocks, samples=samples, pooling=pooling, device=device,
+                          num_classes=num_classes)
+    with closing(batches):  # the hooks go when we stop early
+        for feats, y in batches:
+            if x_mat is None:
+                cap = _capacity(data, y, samples)
+                x_mat = torch.empty(cap, feats.shape[1], dtype=torch.float32)  # the one design matrix
+                labels = torch.empty(cap, dtype=torch.long)
+            b = min(len(y), x_mat.shape[0] - n)
+            if b < len(y):
+                logger.warning("pls-vip: more images than len(data) promised; using the first %d", x_mat.shape[0])
+            x_mat[n:n + b], labels[n:n + b] = feats[:b], y[:b]
+            n += b
+            if n >= x_mat.shape[0]:
+                break
     if x_mat is None or n == 0:
         raise ScoringError("pls-vip: the data yielded no image")
-    if samples is not None and n < samples:
-        logger.info("pls-vip: data ran out after %d of %d requested images", n, samples)
     return x_mat[:n], labels[:n]
 
 

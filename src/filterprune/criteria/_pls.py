@@ -46,19 +46,22 @@ class PLSResult:
 
     Attributes:
         x_weights: ``(F, h)``, unit-norm columns (sklearn ``x_weights_``).
-        x_scores: ``(N, h)`` (sklearn ``x_scores_``).
+        x_scores: ``(N, h)`` (sklearn ``x_scores_``); ``None`` from the kernel fit
+            (:func:`._pls_kernel.pls2_kernel`), which never sees the rows.
         x_loadings: ``(F, h)`` (sklearn ``x_loadings_``).
         y_loadings: ``(K, h)`` (sklearn ``y_loadings_``).
         x_mean: ``(F,)`` column means of the input.
         x_std: ``(F,)`` column standard deviations used to scale (1 where the column is constant).
+        score_ss: ``(h,)`` t_aᵀ t_a of each component; ``None``: computed from ``x_scores``.
     """
 
     x_weights: Tensor
-    x_scores: Tensor
+    x_scores: Tensor | None
     x_loadings: Tensor
     y_loadings: Tensor
     x_mean: Tensor
     x_std: Tensor
+    score_ss: Tensor | None = None
 
 
 def standardize_(x: Tensor, scale: bool = True) -> tuple[Tensor, Tensor]:
@@ -157,9 +160,10 @@ def vip(fit: PLSResult) -> Tensor:
     VIP_j = sqrt(F · Σ_a s_a (w_ja / ||w_a||)² / Σ_a s_a) with s_a = (t_aᵀ t_a)(q_aᵀ q_a). If no
     component explains anything (Σ s_a = 0), every VIP is 1: the features are indistinguishable.
     """
-    w, t, q = fit.x_weights, fit.x_scores, fit.y_loadings
+    w, q = fit.x_weights, fit.y_loadings
     f = w.shape[0]
-    s = (t * t).sum(0) * (q * q).sum(0)  # s_a = (t_aᵀt_a)(q_aᵀq_a)   (h,)
+    tt = fit.score_ss if fit.score_ss is not None else fit.x_scores.square().sum(0)  # t_aᵀt_a   (h,)
+    s = tt * (q * q).sum(0)  # s_a = (t_aᵀt_a)(q_aᵀq_a)   (h,)
     total = float(s.sum())
     if total == 0.0:
         return torch.ones(f, dtype=torch.float64)

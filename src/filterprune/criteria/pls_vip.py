@@ -14,12 +14,14 @@ What is computed:
    whose Conv2D output precedes separate BN and ReLU layers) reads the output of every conv (or
    Linear) that produces a group's channels; ``position="post_act"`` reads ReLU(BN output) of the
    group's BatchNorm layers instead (ReLU(conv output) for a group without BN). Only prunable
-   groups contribute columns. Collection streams batch by batch into one preallocated float32
-   matrix (:mod:`._features`); feature maps are never stored.
-2. PLS2 (:mod:`._pls`): Y is the one-hot class (N x K); X and Y are standardised (sklearn
-   ``scale=True``: constant columns keep std 1, so a dead filter gets VIP 0); ``n_components``
-   latent components by NIPALS, as ``sklearn.cross_decomposition.PLSRegression``. One PLS model is
-   fit over the columns of every layer at once.
+   groups contribute columns. Collection streams batch by batch (:mod:`._features`): each batch's
+   pooled features are folded into the float64 means, XᵀX and XᵀY (:mod:`._pls_kernel`) and
+   dropped; neither feature maps nor the N x F matrix are stored.
+2. PLS2: Y is the one-hot class (N x K); X and Y are standardised (sklearn ``scale=True``:
+   constant columns keep std 1, so a dead filter gets VIP 0); ``n_components`` latent components,
+   the NIPALS model of ``sklearn.cross_decomposition.PLSRegression`` and of :func:`._pls.pls2`,
+   reached from the cross products by the kernel algorithm of Dayal & MacGregor (1997)
+   (:func:`._pls_kernel.pls2_kernel`). One PLS model is fit over the columns of every layer at once.
 3. VIP of column j: VIP_j = sqrt(F · Σ_a s_a (w_ja / ||w_a||)² / Σ_a s_a) with
    s_a = (t_aᵀ t_a)(q_aᵀ q_a) (x weights w, x scores t, y loadings q). Σ_j VIP_j² = F.
 4. Score of a group channel: the mean of the VIPs of its columns (``reduce="mean"``). A plain
@@ -36,8 +38,8 @@ What is computed:
 Data. Images are read from ``ctx.data`` (``ctx.num_batches`` is not used): ``samples=N`` takes a
 class-stratified sample of N images (the first N // K of each class in the data's order), ``None``
 all of them (the paper uses the whole training set). Pass unaugmented data for the paper's setting.
-The model runs in eval mode under ``no_grad``; it is not modified. Memory: N x F x 4 bytes
-(ResNet-56, F = 2032: 406 MB for 50k images) plus one batch of activations.
+The model runs in eval mode under ``no_grad``; it is not modified. Memory: F² + F K + K² float64
+numbers whatever N (ResNet-56, F = 2032: 33 MB) plus one batch of activations.
 
 >>> import torch
 >>> from filterprune.criteria import ScoringContext, create_criterion
@@ -63,8 +65,9 @@ from ..graph.groups import ChannelGroup
 from ..graph.trace import forward
 from ..types import Scores
 from ..utils.modes import evaluating
-from ._features import POOLINGS, Block, collect_pooled
-from ._pls import pls2, vip
+from ._features import POOLINGS, Block, iter_pooled
+from ._pls import vip
+from ._pls_kernel import CrossProducts, pls2_kernel
 from .base import Criterion, ScoringContext, ScoringError, register_criterion
 
 logger = logging.getLogger(__name__)
@@ -85,14 +88,20 @@ class PLSVIP(Criterion):
         pooling: ``"max"`` or ``"avg"``: global pooling of each feature map to one number.
         position: ``"pre_bn"`` (conv output) or ``"post_act"`` (ReLU of the BN output).
         reduce: ``"mean"`` or ``"max"`` over the columns of a channel tied across several convs.
+        distributed: under ``torch.distributed`` (``"auto"``: when a process group is initialised,
+            or ``True`` / ``False``), process ``r`` of ``w`` reads batches ``r, r + w, ...`` of
+            ``ctx.data`` and its share of ``samples``; the cross products are summed over processes.
+            With ``samples=None`` the scores equal one process's.
     """
 
     requires_data = True
 
     def __init__(self, n_components: int = 2, samples: int | None = None, pooling: str = "max",
-                 position: str = "pre_bn", reduce: str = "mean") -> None:
+                 position: str = "pre_bn", reduce: str = "mean", distributed: bool | str = "auto") -> None:
         if not isinstance(n_components, int) or n_components < 1:
             raise ValueError(f"n_components must be a positive integer, got {n_components!r}")
+        if distributed not in ("auto", True, False):
+            raise ValueError(f"distributed must be 'auto', True or False, got {distributed!r}")
         if samples is not None and (not isinstance(samples, int) or samples < 1):
             raise ValueError(f"samples must be a positive integer or None, got {samples!r}")
         for name, value, allowed in (("pooling", pooling, POOLINGS), ("position", position, POSITIONS),
@@ -104,6 +113,7 @@ class PLSVIP(Criterion):
         self.pooling = pooling
         self.position = position
         self.reduce = reduce
+        self.distributed = distributed
 
     def columns(self, model: nn.Module, groups: list[ChannelGroup]) -> tuple[list[Block], Tensor]:
         """The design matrix's column blocks, and the index of the group channel of every column.
@@ -131,20 +141,25 @@ class PLSVIP(Criterion):
         return blocks, torch.cat(owners)
 
     def compute(self, ctx: ScoringContext) -> Scores:
+        from ..distributed import current_shard
+
         model, groups = ctx.model, ctx.prunable_groups()
         blocks, owner = self.columns(model, groups)
         num_classes = _num_classes(model, ctx.example_inputs)
+        shard = current_shard() if self.distributed in ("auto", True) else (0, 1)
         start = time.perf_counter()
-        x, y = collect_pooled(model, ctx.data, blocks, samples=self.samples, pooling=self.pooling,
-                              device=ctx.resolved_device(), num_classes=num_classes)  # (N, F), (N,)
+        stats = CrossProducts(len(owner), num_classes or 0)
+        for x, y in iter_pooled(model, ctx.data, blocks, samples=self.samples, pooling=self.pooling,
+                                device=ctx.resolved_device(), num_classes=num_classes, shard=shard):
+            k = max(num_classes or 0, int(y.max()) + 1)
+            stats.update(x, F.one_hot(y, k))  # (B, F), (B, K): folded into float64 cross products
+        stats.all_reduce()  # every process: the statistics of all images
+        if stats.n == 0:
+            raise ScoringError("pls-vip: the data yielded no image")
         collected = time.perf_counter()
-        k = max(num_classes or 0, int(y.max()) + 1)
-        targets = F.one_hot(y, k).double()  # (N, K)
-        fit = pls2(x, targets, self.n_components, scale=True, overwrite_x=True)
-        scores = vip(fit).float()  # (F,)
+        scores = vip(pls2_kernel(stats, self.n_components, scale=True)).float()  # (F,)
         logger.info("pls-vip: %d images x %d features, %d classes; features %.1fs, PLS fit %.1fs",
-                    x.shape[0], x.shape[1], k, collected - start, time.perf_counter() - collected)
-        del x
+                    stats.n, len(owner), stats.mean_y.shape[0], collected - start, time.perf_counter() - collected)
         total = sum(g.size for g in groups)
         how = "mean" if self.reduce == "mean" else "amax"
         per_channel = torch.zeros(total).scatter_reduce_(0, owner, scores, reduce=how, include_self=False)
@@ -157,7 +172,7 @@ class PLSVIP(Criterion):
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(name={self.name!r}, n_components={self.n_components}, "
                 f"samples={self.samples}, pooling={self.pooling!r}, position={self.position!r}, "
-                f"reduce={self.reduce!r})")
+                f"reduce={self.reduce!r}, distributed={self.distributed!r})")
 
 
 def _num_classes(model: nn.Module, example_inputs) -> int | None:
