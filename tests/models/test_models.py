@@ -13,7 +13,7 @@ def test_registry_lists_and_filters():
     names = list_models()
     for name in ("resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "vgg16_bn", "convnet_small"):
         assert name in names
-    assert list_models("resnet*") == ["resnet110", "resnet20", "resnet32", "resnet44", "resnet56"]
+    assert list_models("resnet*") == ["resnet110", "resnet18", "resnet20", "resnet32", "resnet44", "resnet50", "resnet56"]
     with pytest.raises(ValueError, match="unknown model 'resnet7'"):
         create_model("resnet7")
 

@@ -1,6 +1,6 @@
 """Models by name: ``create_model("resnet56")``, ``list_models("resnet*")``."""
 
-from . import cifar_resnet, vgg  # noqa: F401  (registration)
+from . import cifar_resnet, imagenet_resnet, vgg  # noqa: F401  (registration)
 from ._registry import create_model, list_models, register_model
 from .weights import PRETRAINED, WeightsCfg
 

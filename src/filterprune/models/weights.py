@@ -1,9 +1,12 @@
 """Known pretrained checkpoints and loading of foreign ``.th``/``.pt`` files without unpickling.
 
 The CIFAR ResNets come from akamaster/pytorch_resnet_cifar10 (BSD 2-Clause, Copyright (c) 2018, Yerlan
-Idelbayev). Known files are looked up by name in :func:`weights_dirs` (``$FILTERPRUNE_WEIGHTS``, then
-the cache's ``weights`` folder; never the working directory), or given by an explicit path;
-``download=True`` fetches the official file into the first of those folders and checks its sha256.
+Idelbayev); the ImageNet ResNet-18/50 files are torchvision's ``IMAGENET1K_V1`` state dicts (BSD
+3-Clause), read with ``weights_only=True`` (or from a safetensors copy of the same keys); a file named
+like a published one must have its sha256. Known files are looked up by name in :func:`weights_dirs`
+(``$FILTERPRUNE_WEIGHTS``, then the cache's ``weights`` folder; never the working directory), or given by
+an explicit path; ``download=True`` fetches the official file into the first of those folders and checks
+its sha256.
 """
 
 from __future__ import annotations
@@ -26,21 +29,23 @@ from ..utils.paths import cache_dir
 logger = logging.getLogger(__name__)
 
 _AKAMASTER = "https://github.com/akamaster/pytorch_resnet_cifar10/raw/master/pretrained_models/"
+_TORCHVISION = "https://download.pytorch.org/models/"
 
 
 @dataclass(frozen=True)
 class WeightsCfg:
     """A published checkpoint: file name, full sha256, where to get it, and its accuracy.
 
-    ``top1`` is the published CIFAR-10 test accuracy (original pixels); ``top1_jpeg`` the one measured
-    on the project's JPEG copy of the test set (``../shared/data/README.md``).
+    ``top1`` is the published test accuracy (CIFAR-10 original pixels, or ImageNet-1k validation for
+    the ImageNet ResNets); ``top1_jpeg`` the one measured on the project's JPEG copy of the CIFAR-10
+    test set (``../shared/data/README.md``), ``None`` for ImageNet models.
     """
 
     file: str
     sha256: str
     url: str
     top1: float
-    top1_jpeg: float
+    top1_jpeg: float | None = None
 
 
 PRETRAINED: dict[str, WeightsCfg] = {
@@ -52,6 +57,11 @@ PRETRAINED: dict[str, WeightsCfg] = {
                            _AKAMASTER + "resnet44-014dd654.th", 93.10, 82.67),
     "resnet56": WeightsCfg("resnet56-4bfd9763.th", "4bfd97631478d6b638d2764fd2baff3edb1d7d82252d54439343b6596b9b5367",
                            _AKAMASTER + "resnet56-4bfd9763.th", 93.39, 83.20),
+    # torchvision's ImageNet-1k V1 files (BSD 3-Clause); the name's 8 hex digits start the sha256
+    "resnet18": WeightsCfg("resnet18-f37072fd.pth", "f37072fd47e89c5e827621c5baffa7500819f7896bbacec160b1a16c560e07ec",
+                           _TORCHVISION + "resnet18-f37072fd.pth", 69.758),
+    "resnet50": WeightsCfg("resnet50-0676ba61.pth", "0676ba61b6795bbe1773cffd859882e5e297624d384b6993f7c9e683e722fb8a",
+                           _TORCHVISION + "resnet50-0676ba61.pth", 76.130),
 }
 
 
@@ -165,6 +175,10 @@ def load_pretrained(model: nn.Module, name_or_path: str, *, arch: str | None = N
     path = Path(name_or_path)
     if not path.exists() and name_or_path in PRETRAINED:
         path = find_weights(name_or_path)
+    published = {cfg.file: cfg for cfg in PRETRAINED.values()}.get(path.name)
+    if published is not None and path.is_file() and sha256_of(path) != published.sha256:
+        raise CheckpointError(f"{path}: sha256 does not match the published {published.file}; "
+                              "re-download it or rename a file that is not the published one")
     if path.suffix == ".safetensors":
         from ..checkpoint import read_checkpoint
 
