@@ -151,7 +151,7 @@ def _frac(val_fraction: float | None) -> float:
 
 
 def _from_path(
-    path: Path, *, val_fraction: float | None, seed: int, cache_dir: PathLike | None
+    path: Path, *, val_fraction: float | None, seed: int, cache_dir: PathLike | None, stream: bool | None = None
 ) -> DataSplits:
     official = find_official_source(path)
     if official is not None:
@@ -159,6 +159,14 @@ def _from_path(
         check_counts("cifar10", arrays, official.path)
     else:
         source = find_image_source(path)
+        if stream is not False and source is not None and source.kind == "dir":  # big folders: read from disk
+            from .stream import open_image_folder
+
+            streamed = open_image_folder(path, val_fraction=_frac(val_fraction), seed=seed, stream=stream)
+            if streamed is not None:
+                return streamed
+        elif stream:
+            raise DataError(f"{path}: streaming reads an unpacked train/<class>/<image> folder; unpack it first")
         if source is None:
             raise DataError(
                 f"{path}: no dataset found; pass a folder with cifar-10-batches-py/, cifar-10-python.tar.gz, "
@@ -240,8 +248,9 @@ def load_data(
     seed: int = 0,
     download: bool = False,
     cache_dir: PathLike | None = None,
+    stream: bool | None = None,
 ) -> DataSplits:
-    """Load a dataset as train / val / test splits of uint8 tensors.
+    """Load a dataset as train / val / test splits of uint8 tensors (or of files, when streamed).
 
     ``spec`` is one of:
         * ``"digits"``: scikit-learn's 8x8 digits (embedded, always available);
@@ -259,6 +268,9 @@ def load_data(
         download: allow downloading the official CIFAR-10 archive when it is not found.
         cache_dir: where decoded image folders are cached; ``$FILTERPRUNE_CACHE`` or
             ``~/.cache/filterprune`` when unset.
+        stream: for an unpacked image folder given by path: ``True`` reads it from disk batch by
+            batch (:mod:`.stream`: splits of ``FolderDataset``, ImageNet transforms), ``False``
+            decodes it into memory, ``None`` streams above ``stream.STREAM_THRESHOLD_BYTES`` decoded.
 
     Returns:
         The splits; ``test`` is ``None`` when the source has none.
@@ -286,6 +298,6 @@ def load_data(
             raise DataError(
                 f"unknown dataset {spec!r}: not a path that exists nor one of {known}; pass a name or a path"
             )
-        splits = _from_path(path, val_fraction=val_fraction, seed=seed, cache_dir=cache_dir)
+        splits = _from_path(path, val_fraction=val_fraction, seed=seed, cache_dir=cache_dir, stream=stream)
     logger.info("loaded %s", splits.describe())
     return splits

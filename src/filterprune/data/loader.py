@@ -117,6 +117,10 @@ class BatchLoader:
         drop_last: drop the last partial batch; defaults to ``train``.
         channels_last: yield ``x`` in channels-last memory format.
         dtype: floating dtype of ``x``.
+        shard: ``(rank, world)`` for data-parallel processes: ``batch_size`` stays the global batch
+            and this process yields its contiguous share of every global batch (``tensor_split``
+            sizes), so the processes together see exactly the batches of one process, every image
+            once per epoch, and all take the same number of steps.
 
     >>> ds = ArrayDataset(torch.zeros(10, 1, 8, 8, dtype=torch.uint8), torch.zeros(10, dtype=torch.int64),
     ...                   ["a"], (0.0,), (1.0,))
@@ -136,9 +140,16 @@ class BatchLoader:
         drop_last: bool | None = None,
         channels_last: bool = False,
         dtype: torch.dtype = torch.float32,
+        shard: tuple[int, int] = (0, 1),
     ) -> None:
         if batch_size < 1:
             raise DataError(f"batch_size must be >= 1, got {batch_size}")
+        rank, world = shard
+        if not 0 <= rank < world:
+            raise DataError(f"shard rank must be in [0, {world}), got {rank}")
+        if train and batch_size % world:
+            raise DataError(f"the global batch {batch_size} must be a multiple of the {world} processes")
+        self.shard = (rank, world)
         if not dtype.is_floating_point:
             raise DataError(f"dtype must be a floating dtype, got {dtype}")
         self.ds = ds
@@ -196,8 +207,14 @@ class BatchLoader:
         )
         bs = self.batch_size
         augment = self.pad > 0 or self.flip
+        rank, world = self.shard
         for i in range(len(self)):
-            sl = slice(i * bs, (i + 1) * bs)
+            lo, hi = i * bs, min((i + 1) * bs, len(self.ds))
+            q, rem = divmod(hi - lo, world)  # this process's part of the global batch (tensor_split sizes)
+            lo += rank * q + min(rank, rem)
+            sl = slice(lo, lo + q + (rank < rem))
+            if sl.stop == sl.start:
+                continue
             if self.train:
                 idx = plan.order[sl]
                 x, y = self.images[idx], self.labels[idx]
