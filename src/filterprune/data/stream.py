@@ -340,7 +340,12 @@ def open_image_folder(root: Path, *, val_fraction: float, seed: int, image_size:
     """
     from .dataset import DataSplits, stratified_split
 
-    listed, classes = list_image_folder(root)  # the one listing
+    try:
+        listed, classes = list_image_folder(root)  # the one listing
+    except DataError:
+        if stream is None:  # let the in-memory reader say what is wrong, in its words
+            return None
+        raise
     if stream is None:
         size = decoded_bytes_estimate(listed["train"][0])
         if size <= (STREAM_THRESHOLD_BYTES if threshold is None else threshold):
