@@ -189,6 +189,8 @@ class FolderDataset(torch.utils.data.Dataset):
         try:
             with Image.open(path) as im:
                 img = im.convert("RGB")
+        except Image.DecompressionBombError as e:
+            raise DataError(f"{path}: decompression bomb ({e}); raise PIL.Image.MAX_IMAGE_PIXELS if it is genuine") from None
         except (UnidentifiedImageError, OSError, ValueError) as e:
             raise DataError(f"{path}: not a readable image ({type(e).__name__}); remove or replace it") from None
         size = self.image_size
@@ -316,8 +318,8 @@ def decoded_bytes_estimate(files: list[str]) -> int:
     try:
         with Image.open(files[0]) as im:
             w, h = im.size
-    except (UnidentifiedImageError, OSError):
-        return 0
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError):
+        return 0  # unreadable: the in-memory reader reports it in its words
     return len(files) * w * h * 3
 
 
