@@ -17,6 +17,7 @@ from .config import PruneConfig, PruneRunConfig, RunConfig, TrainConfig
 from .criteria import create_criterion, list_criteria, register_criterion
 from .data import ArrayDataset, BatchLoader, DataSplits, load_data
 from .errors import CheckpointError, DataError, FilterpruneError, PruningError
+from .export import export_onnx
 from .graph import ChannelGroup, PrunePlan
 from .graph.ops import LayerOp, register_layer_op
 from .metrics import count, measure_latency
@@ -35,6 +36,8 @@ __all__ = [
     "list_criteria", "list_models", "load", "load_data", "measure_latency", "prune", "read_checkpoint",
     "register_criterion", "register_layer_op", "register_model", "save", "save_checkpoint", "score",
 ]
+
+__all__ += ["export_onnx"]
 
 # C-SGD (training-time method): cluster, centripetal training as a TrainHook, trim / squeeze
 from .methods import CentripetalSGD  # noqa: E402

@@ -18,6 +18,7 @@ True
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from .graph.check import apply_plan_checked
-from .graph.groups import ChannelGroup
+from .graph.groups import ChannelGroup, PrunePlan
 from .graph.serialize import load_model, save_model
 from .graph.surgery import apply_plan
 from .graph.trace import Inputs, forward, trace_groups
@@ -196,6 +197,7 @@ def prune(
     criterion_kwargs: dict[str, Any] | None = None,
     seed: int = 0,
     num_batches: int | None = None,
+    layer_ratios: dict[str, float] | None = None,
 ) -> PruneReport:
     """Prune ``model`` in place to a target and report what changed.
 
@@ -221,6 +223,10 @@ def prune(
         criterion_kwargs: options passed to the criterion's constructor.
         seed: passed to the criterion.
         num_batches: how many ``data`` batches a data-driven criterion reads.
+        layer_ratios: ``{layer name or fnmatch pattern: R}``: the group that layer produces loses
+            the lowest-scored fraction R of its (baseline) channels, split over ``steps`` like the
+            target, and is left out of the global target, which still counts what it saves. With
+            no target given, only these groups are pruned.
 
     Returns:
         A :class:`PruneReport`.
@@ -231,8 +237,15 @@ def prune(
         PruningError: the model cannot be pruned safely, the target is unreachable, or the check failed.
     """
     targets = {"target_macs": target_macs, "target_params": target_params, "ratio": ratio}
-    options = SelectOptions(**targets, global_ranking=global_ranking, normalize=normalize,
-                            min_channels=min_channels, round_to=round_to, max_ratio=max_ratio)
+    layer_ratios = dict(layer_ratios or {})
+    for pat, r in layer_ratios.items():
+        if not isinstance(r, (int, float)) or not 0 <= r < 1:
+            raise ValueError(f"layer_ratios[{pat!r}] must be a fraction in [0, 1), got {r!r}")
+    options = None
+    if any(v is not None for v in targets.values()) or not layer_ratios:
+        options = SelectOptions(**targets, global_ranking=global_ranking, normalize=normalize,
+                                min_channels=min_channels, round_to=round_to, max_ratio=max_ratio,
+                                ignored_layers=tuple(layer_ratios))
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
     if schedule not in SCHEDULES:
@@ -244,22 +257,37 @@ def prune(
     groups: list[ChannelGroup] = trace_groups(model, example_inputs, ignored_layers=ignored_layers)
     base = baseline(model, example_inputs, groups, counter)
     widths_before = conv_widths(model)
-    name, value = options.target
+    name, value = options.target if options is not None else ("layer_ratios", 0.0)
     records: list[StepRecord] = []
     for step in range(1, steps + 1):
         if step > 1:  # same topology, new widths: the probe already passed on this model
             groups = trace_groups(model, example_inputs, ignored_layers=ignored_layers, probe=False)
         goal = _cumulative(value, step, steps, schedule)
         scores = _score(model, example_inputs, groups, crit, data, seed, num_batches)
-        plan = select(model, example_inputs, groups, scores, dataclasses.replace(options, **{name: goal}),
-                      base=base, counter=counter)
-        err = apply_plan_checked(model, groups, plan, example_inputs) if check else None
-        if not check:
-            apply_plan(model, groups, plan)
+        removed, errs = 0, []
+        if layer_ratios:
+            cumulative = functools.partial(_cumulative, step=step, steps=steps, schedule=schedule)
+            fixed = _layer_plan(groups, scores, layer_ratios, base, cumulative, min_channels)
+            if fixed.prune_idxs:
+                errs.append(apply_plan_checked(model, groups, fixed, example_inputs) if check else None)
+                if not check:
+                    apply_plan(model, groups, fixed)
+                removed += fixed.num_removed()
+                if options is not None:  # the global pass sees the narrowed model
+                    groups = trace_groups(model, example_inputs, ignored_layers=ignored_layers, probe=False)
+                    scores = _score(model, example_inputs, groups, crit, data, seed, num_batches)
+        if options is not None:
+            plan = select(model, example_inputs, groups, scores, dataclasses.replace(options, **{name: goal}),
+                          base=base, counter=counter)
+            errs.append(apply_plan_checked(model, groups, plan, example_inputs) if check else None)
+            if not check:
+                apply_plan(model, groups, plan)
+            removed += plan.num_removed()
         macs, params = counter(model, example_inputs)
-        records.append(StepRecord(step, goal, plan.num_removed(), int(macs), int(params), err))
+        err = max((e for e in errs if e is not None), default=None)
+        records.append(StepRecord(step, goal, removed, int(macs), int(params), err))
         logger.info("step %d/%d: %s %.4f, removed %d channels, MACs %d, params %d",
-                    step, steps, name, goal, plan.num_removed(), macs, params)
+                    step, steps, name, goal, removed, macs, params)
         if finetune is not None:
             finetune(model, step)
     errors = [r.max_error for r in records if r.max_error is not None]
@@ -269,6 +297,33 @@ def prune(
         params_after=records[-1].params, widths_before=widths_before, widths_after=conv_widths(model),
         steps=tuple(records), max_error=max(errors) if errors else None,
     )
+
+
+def _layer_plan(groups: Sequence[ChannelGroup], scores: Scores, layer_ratios: dict[str, float], base,
+                cumulative: Callable[[float], float], min_channels: int) -> PrunePlan:
+    """The lowest-scored channels of each group named in ``layer_ratios`` (by a layer that produces it)."""
+    import fnmatch
+
+    import torch
+
+    plan, matched = PrunePlan(), set()
+    for g in groups:
+        outs = [m.module for m in g.members if m.kind == "out"]
+        pat = next((p for p in layer_ratios if any(fnmatch.fnmatch(o, p) for o in outs)), None)
+        if pat is None or not g.prunable:
+            continue
+        matched.add(pat)
+        base_size = base.channels.get(g.id, g.size)
+        n = round(cumulative(layer_ratios[pat]) * base_size) - (base_size - g.size)
+        n = max(0, min(n, g.size - min_channels))
+        if n:
+            order = torch.argsort(torch.as_tensor(scores[g.id]), stable=True)
+            plan.prune_idxs[g.id] = sorted(int(i) for i in order[:n])
+    missing = [p for p in layer_ratios if p not in matched]
+    if missing:
+        raise ValueError(f"layer_ratios: no prunable group is produced by a layer matching {', '.join(map(repr, missing))}"
+                         f"; prunable groups: {', '.join(g.id for g in groups if g.prunable)}")
+    return plan
 
 
 def save(model: nn.Module, path: PathLike, *, meta: dict[str, Any] | None = None,

@@ -128,6 +128,22 @@ def _parse_meta(path: Path, text: Any) -> dict[str, Any]:
     return meta
 
 
+def read_metadata(path: PathLike) -> dict[str, Any]:
+    """The JSON metadata of a checkpoint, from its header alone (no tensor is read, no digest checked).
+
+    Raises:
+        CheckpointError: as :func:`read_checkpoint`, for the header.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    header, _ = _read_header(path)
+    extra = header.get("__metadata__") or {}
+    if not isinstance(extra, dict):
+        raise CheckpointError(f"{path}: safetensors __metadata__ is not an object")
+    return _parse_meta(path, extra.get(META_KEY, "{}"))
+
+
 def read_checkpoint(path: PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Read a checkpoint written by :func:`save_checkpoint`: ``(tensors, meta)``, digest checked.
 

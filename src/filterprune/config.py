@@ -177,7 +177,8 @@ class RunConfig:
     """A training run: which model, which data, which recipe, where to write.
 
     Attributes:
-        model: registered model name (``filterprune list-models``... see ``create_model``).
+        model: registered model name (``filterprune info --list``), or ``package.module:factory``: your
+            own model, built by calling that factory (with num_classes and in_chans if it takes them).
         pretrained: ``""`` (random init), ``"auto"`` (the known checkpoint for ``model``) or a file path.
         width_mult: width multiplier passed to the model.
         data: a dataset name (``digits``, ``fashion-mnist``, ``cifar10``) or a path.
@@ -312,6 +313,15 @@ class PruneConfig:
             and fine-tuning step_finetune_epochs between steps, until target_macs (the last step lands
             on it) or, if steps > 1, after that many steps. Total fine-tuning: (steps done - 1) x
             step_finetune_epochs + finetune epochs.
+        ignore: layers (qualified names or fnmatch patterns, e.g. stem.0 or head.*) whose output
+            channels are kept whole (the API's ignored_layers).
+        max_ratio: at most this fraction of any group's channels is removed.
+        normalize: per-group score normalisation before the global ranking: mean, max, l2 or none.
+        schedule: how the target is split over steps: geometric (the kept fraction shrinks by the same
+            factor each step) or linear.
+        layer_ratio: per-layer ratios NAME=R (NAME a layer or an fnmatch pattern): the group of that
+            layer loses exactly the fraction R of its channels and is left out of the global target
+            (the API's layer_ratios); with no --target-macs/--target-params/--ratio only these are pruned.
     """
 
     criterion: str = "l1"
@@ -328,8 +338,14 @@ class PruneConfig:
     check: bool = True
     criterion_options: str = ""
     step_ratio: float | None = None
+    ignore: tuple[str, ...] = ()
+    max_ratio: float = 1.0
+    normalize: str = "mean"
+    schedule: str = "geometric"
+    layer_ratio: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        self._check_selection()
         check_fields(self, {
             "target_macs": _optional(FRACTION), "target_params": _optional(FRACTION), "ratio": _optional(FRACTION),
             "steps": POSITIVE_INT, "step_finetune_epochs": COUNT, "min_channels": POSITIVE_INT,
@@ -346,6 +362,32 @@ class PruneConfig:
     def criterion_kwargs(self) -> dict[str, Any]:
         """``criterion_options`` as a dict: ``"a=1,b=max"`` -> ``{"a": 1, "b": "max"}``."""
         return parse_options(self.criterion_options)
+
+    def _check_selection(self) -> None:
+        check_fields(self, {"max_ratio": (lambda v: _real(v) and 0 < v <= 1, "must be a fraction in (0, 1]")})
+        if self.normalize not in ("mean", "max", "l2", "none"):  # selection.NORMALIZERS
+            raise config_error("normalize", f"must be mean, max, l2 or none, got {self.normalize!r}")
+        if self.schedule not in ("geometric", "linear"):  # api.SCHEDULES
+            raise config_error("schedule", f"must be geometric or linear, got {self.schedule!r}")
+        if not all(isinstance(n, str) and n for n in self.ignore):
+            raise config_error("ignore", f"takes layer names, got {list(self.ignore)!r}")
+        self.layer_ratios()
+
+    def layer_ratios(self) -> dict[str, float]:
+        """``layer_ratio`` as a dict: ``("conv1=0.5",)`` -> ``{"conv1": 0.5}``."""
+        out: dict[str, float] = {}
+        for item in self.layer_ratio:
+            name, sep, value = str(item).partition("=")
+            try:
+                ratio = float(value)
+            except ValueError:
+                ratio = math.nan
+            if not sep or not name or not 0 <= ratio < 1:
+                raise config_error("layer_ratio", f"takes NAME=R with R a fraction in [0, 1), got {item!r}")
+            if name in out:
+                raise config_error("layer_ratio", f"gives {name!r} twice")
+            out[name] = ratio
+        return out
 
 
 def parse_options(text: str, key: str = "criterion_options") -> dict[str, Any]:
@@ -377,7 +419,8 @@ class PruneRunConfig:
     """A pruning run: base model, data, pruning request, fine-tune recipe, output folder.
 
     Attributes:
-        model: registered model name (optional when ``weights`` is a filterprune checkpoint).
+        model: registered model name (optional when ``weights`` is a filterprune checkpoint of one), or
+            for your own model ``package.module:factory`` (then weights is its checkpoint).
         weights: ``auto`` (the known checkpoint), a ``.th``/``.pt`` file or a filterprune ``.safetensors``.
         data: dataset name or path (see ``filterprune train --help``).
         val_fraction: share of the training split held out for validation (dataset default if unset).

@@ -36,6 +36,10 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
 
 
+MODEL_HELP = ("a registered model name, or package.module:factory to build your own model (imports and runs that "
+              "code: your choice); not needed for a filterprune .safetensors of a registered model")
+
+
 def _parse_bool(text: str) -> bool:
     if text.lower() in ("1", "true", "yes", "on"):
         return True
@@ -82,8 +86,9 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type, *, prefix: str =
                                   "help": f"{_field_help(cls, f.name)} (default: {default})"}
         args = typing.get_args(tp)
         base = next((a for a in args if a is not type(None)), tp) if args and typing.get_origin(tp) is not tuple else tp
-        if typing.get_origin(tp) is tuple:
-            kwargs.update(nargs="*", type=int)
+        if typing.get_origin(tp) is tuple:  # tuple[int, ...] -> --milestones 5 8; tuple[str, ...] -> --ignore a b
+            item = next(a for a in args if a is not Ellipsis)
+            kwargs.update(nargs="*", type=item, metavar=f.name.upper().removesuffix("S") if item is str else None)
         elif base is bool:
             kwargs.update(type=_parse_bool, metavar="BOOL")
         else:
@@ -252,8 +257,10 @@ def validate_config(cfg: Any) -> Any:
 def check_prune(p: PruneConfig) -> None:
     """The pruning request as a whole: a known criterion with valid options, and a target."""
     check_criterion(p.criterion, p.criterion_options)
-    if p.target_macs is None and p.target_params is None and p.ratio is None and p.step_ratio is None:
-        raise config_error("prune.target_macs", "or --target-params or --ratio is required: say how much to remove")
+    if (p.target_macs is None and p.target_params is None and p.ratio is None and p.step_ratio is None
+            and not p.layer_ratio):
+        raise config_error("prune.target_macs", "or --target-params, --ratio or --layer-ratio is required: say how "
+                           "much to remove")
 
 
 def check_eval_args(args: argparse.Namespace) -> None:

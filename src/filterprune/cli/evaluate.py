@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 
+from ._args import MODEL_HELP
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("eval", help="evaluate a model on validation or test data", description=__doc__)
-    p.add_argument("--model", help="registered model name (not needed for a filterprune .safetensors)")
+    p.add_argument("--model", help=MODEL_HELP)
     p.add_argument("--weights", help="'auto', a .th/.pt file or a filterprune .safetensors checkpoint")
     p.add_argument("--data", default="digits", help="dataset name or path")
     p.add_argument("--split", choices=("val", "test", "train"), default="test")

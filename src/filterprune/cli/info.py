@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import argparse
 
+from ._args import MODEL_HELP
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("info", help="params, MACs and per-layer widths", description=__doc__)
-    p.add_argument("--model", help="registered model name (not needed for a filterprune .safetensors)")
+    p.add_argument("--model", help=MODEL_HELP)
     p.add_argument("--weights", help="'auto', a .th/.pt file or a filterprune .safetensors checkpoint")
     p.add_argument("--input-size", type=int, nargs=3, metavar=("C", "H", "W"),
-                   help="input shape (default: 3 32 32, or 1 8 8 for convnet_small)")
+                   help="input shape (default: the one the checkpoint records, else 3 32 32, or 1 8 8 for convnet_small)")
     p.add_argument("--list", action="store_true", help="list the registered models and criteria instead")
     p.set_defaults(run=run)
 

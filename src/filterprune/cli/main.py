@@ -11,10 +11,10 @@ from collections.abc import Sequence
 from ..errors import FilterpruneError
 from ..utils.env import code_version
 from ..utils.progress import set_progress
-from . import demo, evaluate, info, prune, train
+from . import demo, evaluate, export, info, prune, train
 from ._args import Parser
 
-COMMANDS = (demo, train, evaluate, info, prune)
+COMMANDS = (demo, train, evaluate, info, prune, export)
 
 
 def build_parser() -> argparse.ArgumentParser:

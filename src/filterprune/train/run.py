@@ -21,7 +21,15 @@ logger = logging.getLogger(__name__)
 
 
 def build_model(cfg: RunConfig, splits: DataSplits) -> nn.Module:
-    """The configured model, sized for the data, with its starting weights."""
+    """The configured model, sized for the data, with its starting weights.
+
+    ``cfg.model`` is a registered name or ``package.module:factory`` (a user's callable; see
+    ``workflows/common.py``).
+    """
+    if ":" in cfg.model:
+        from ..workflows.common import resolve_model
+
+        return resolve_model(cfg.model, cfg.pretrained or None, splits.train)
     kwargs: dict[str, Any] = {"num_classes": splits.train.num_classes, "in_chans": splits.train.in_chans}
     if cfg.width_mult != 1.0:
         kwargs["width_mult"] = cfg.width_mult
@@ -109,7 +117,9 @@ def _train(cfg: RunConfig, out: Path, resume: bool, download: bool) -> dict[str,
         summary.update(test_acc=final_test["acc"], test_loss=final_test["loss"],
                        test_per_class_acc=final_test["per_class_acc"])
     from ..api import save
+    from ..workflows.common import example_input
 
-    save(model, out / "model.safetensors", meta={"summary": {k: v for k, v in summary.items() if k != "config"}})
+    save(model, out / "model.safetensors", meta={"summary": {k: v for k, v in summary.items() if k != "config"}},
+         example_inputs=example_input(splits.train).to(device))
     atomic_write_json(out / "summary.json", summary)
     return summary

@@ -9,10 +9,11 @@ split geometrically, as :func:`filterprune.api.prune` does (same helpers, same n
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from typing import Any
 
-from ..api import PruneReport, StepRecord, _criterion, _cumulative, _score, conv_widths
+from ..api import PruneReport, StepRecord, _criterion, _cumulative, _layer_plan, _score, conv_widths
 from ..graph.check import apply_plan_checked
 from ..graph.surgery import apply_plan
 from ..graph.trace import trace_groups
@@ -22,36 +23,67 @@ from .methods import Method, MethodResult, PruneJob, register_method
 logger = logging.getLogger(__name__)
 
 
-def scored_steps(job: PruneJob, *, data: Any, normalize: str = "mean", steps: int | None = None) -> PruneReport:
-    """Prune ``job.model`` in ``steps`` score/select/apply steps (module docstring); return the report."""
+def scored_steps(job: PruneJob, *, data: Any, normalize: str | None = None, steps: int | None = None) -> PruneReport:
+    """Prune ``job.model`` in ``steps`` score/select/apply steps (module docstring); return the report.
+
+    ``--ignore``, ``--max-ratio``, ``--normalize`` (unless the method fixes it), ``--schedule`` and
+    ``--layer-ratio`` apply as in :func:`filterprune.api.prune`; a step with layer ratios first runs a
+    ``stepK.layers`` stage (score, remove the named layers' share, snapshot).
+    """
     p = job.cfg.prune
     steps = steps or p.steps
     crit = _criterion(p.criterion, p.criterion_kwargs() or None, data)
-    options = SelectOptions(target_macs=p.target_macs, target_params=p.target_params, ratio=p.ratio,
-                            global_ranking=p.global_ranking, normalize=normalize, min_channels=p.min_channels,
-                            round_to=p.round_to)
-    name, value = options.target
+    layer_ratios = p.layer_ratios()
+    options = None
+    if p.target_macs is not None or p.target_params is not None or p.ratio is not None or not layer_ratios:
+        options = SelectOptions(target_macs=p.target_macs, target_params=p.target_params, ratio=p.ratio,
+                                global_ranking=p.global_ranking, normalize=normalize or p.normalize,
+                                min_channels=p.min_channels, round_to=p.round_to, max_ratio=p.max_ratio,
+                                ignored_layers=tuple(layer_ratios))
+    name, value = options.target if options is not None else ("layer_ratios", 0.0)
+    ignored = list(p.ignore) or None
     counter = default_counter()
     finetune = job.step_finetune() if p.steps > 1 else None
     records: list[StepRecord] = []
     for step in range(1, steps + 1):
         tag = f"step{step}"
-        groups = trace_groups(job.model, job.x, probe=step == 1)
-        goal = _cumulative(value, step, steps, "geometric")
+        groups = trace_groups(job.model, job.x, ignored_layers=ignored, probe=step == 1)
+        goal = _cumulative(value, step, steps, p.schedule)
+        fixed: dict[str, Any] = {"removed": 0, "max_error": None}
+        if layer_ratios:
+            def layers(g=groups, st=step) -> dict[str, Any]:
+                s = _score(job.model, job.x, g, crit, data, p.seed, p.num_batches)
+                cumulative = functools.partial(_cumulative, step=st, steps=steps, schedule=p.schedule)
+                pl = _layer_plan(g, s, layer_ratios, job.baseline, cumulative, p.min_channels)
+                err = apply_plan_checked(job.model, g, pl, job.x) if p.check and pl.prune_idxs else None
+                if not p.check:
+                    apply_plan(job.model, g, pl)
+                return {"removed": pl.num_removed(), "max_error": err}
+
+            fixed = job.runner.stage(f"{tag}.layers", layers, snapshot=True)
+            groups = trace_groups(job.model, job.x, ignored_layers=ignored, probe=False)
+        if options is None:
+            macs, params = counter(job.model, job.x)
+            records.append(StepRecord(step, goal, fixed["removed"], int(macs), int(params), fixed["max_error"]))
+            if finetune is not None:
+                finetune(f"{tag}.finetune")
+            continue
         scores = job.runner.stage(f"{tag}.score", lambda g=groups: _score(job.model, job.x, g, crit, data, p.seed,
                                                                           p.num_batches))
         opts = dataclasses.replace(options, **{name: goal})
         plan = job.runner.stage(f"{tag}.select", lambda g=groups, s=scores, o=opts: select(
             job.model, job.x, g, s, o, base=job.baseline, counter=counter))
 
-        def apply(g=groups, pl=plan, st=step, gl=goal) -> dict[str, Any]:
+        def apply(g=groups, pl=plan, st=step, gl=goal, fx=fixed) -> dict[str, Any]:
             err = apply_plan_checked(job.model, g, pl, job.x) if p.check else None
             if not p.check:
                 apply_plan(job.model, g, pl)
             macs, params = counter(job.model, job.x)
+            removed = pl.num_removed() + fx["removed"]
             logger.info("step %d/%d: %s %.4f, removed %d channels, MACs %d, params %d",
-                        st, steps, name, gl, pl.num_removed(), macs, params)
-            return dataclasses.asdict(StepRecord(st, gl, pl.num_removed(), int(macs), int(params), err))
+                        st, steps, name, gl, removed, macs, params)
+            errs = [e for e in (err, fx["max_error"]) if e is not None]
+            return dataclasses.asdict(StepRecord(st, gl, removed, int(macs), int(params), max(errs) if errs else None))
 
         records.append(StepRecord(**job.runner.stage(f"{tag}.apply", apply, snapshot=True)))
         if finetune is not None:

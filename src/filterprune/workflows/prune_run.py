@@ -139,7 +139,7 @@ def _run(cfg: PruneRunConfig, runner: Runner, method, download: bool) -> dict[st
 
     counts = runner.stage("counts", final_counts)
     summary = {
-        "model": cfg.model or getattr(job.model, "filterprune_cfg", {}).get("name"),
+        "model": cfg.model or (getattr(job.model, "filterprune_cfg", None) or {}).get("name"),
         "criterion": cfg.prune.criterion,
         "method": method.name,
         "data": splits.describe(),
@@ -155,7 +155,7 @@ def _run(cfg: PruneRunConfig, runner: Runner, method, download: bool) -> dict[st
         **result.summary,
     }
     save(job.model, out / "model.safetensors",
-         meta={"summary": {k: summary[k] for k in ("base", "pruned", "finetuned")}})
+         meta={"summary": {k: summary[k] for k in ("base", "pruned", "finetuned")}}, example_inputs=x)
     atomic_write_json(out / "summary.json", summary)
     runner.finish()
     summary["table"] = result.report.table()

@@ -193,7 +193,8 @@ class Runner:
         if path is not None:
             device = next(model.parameters()).device
             _, meta = read_checkpoint(path)
-            model = load(path).to(device).train(bool(meta.get("training", False)))
+            # into ``model`` itself: a user's model (--model package.module:factory) is not rebuilt by name
+            model = load(path, model=model).to(device).train(bool(meta.get("training", False)))
             logger.info("resume: model restored from %s", path)
         self.model = model
         return model
