@@ -92,6 +92,17 @@ def checkpoint_spec(path: str | Path) -> InputSpec | None:
         return None
 
 
+def state_spec(state: dict) -> InputSpec | None:
+    """From a plain state dict (a foreign ``.th``/``.pt`` file): the first 4-D weight's input channels
+    and the last 2-D weight's outputs, in the file's key order."""
+    convs = [t for t in state.values() if getattr(t, "ndim", 0) == 4]
+    linears = [t for t in state.values() if getattr(t, "ndim", 0) == 2]
+    if not convs:
+        return None
+    return InputSpec(int(convs[0].shape[1]), NOMINAL_SIDE, int(linears[-1].shape[0]) if linears else None,
+                     fixed_size=False)
+
+
 def data_spec(spec: str) -> InputSpec | None:
     """For a named dataset (``digits``, ``fashion-mnist[:DIR]``, ``cifar10[:PATH]``), without loading it."""
     shape = KNOWN_SHAPES.get(spec.partition(":")[0])

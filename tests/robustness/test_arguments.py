@@ -93,6 +93,17 @@ def test_wrong_option_key_lists_the_criterions_keys(box, digits_ckpt, name, caps
     assert sorted(listed) == sorted(_signature_keys(name)) or (listed == ["none"] and not _signature_keys(name))
 
 
+@pytest.mark.parametrize("criterion,options,needle", [
+    ("car", "k=0", "refused by car"),
+    ("car", "metric=f1", "refused by car"),
+    ("l1", "include_consumers=1,p=3", "'p': not an option of l1"),
+    ("csgd", "keep=median", "refused by csgd"),
+])
+def test_bad_option_values_other_criteria(box, digits_ckpt, criterion, options, needle, capsys, no_data_loading):
+    box.refuses(prune_args(digits_ckpt, "--criterion", criterion, "--criterion-options", options,
+                           "--target-macs", "0.5"), capsys, "--criterion-options", needle)
+
+
 @pytest.mark.parametrize("options,needle", [
     ("pooling=bogus", "refused by pls-vip"),
     ("n_components=0", "refused by pls-vip"),
@@ -166,6 +177,13 @@ def test_train_flag_out_of_range(box, flag, value, capsys, no_data_loading):
     box.refuses([*TRAIN, f"{flag}={value}"], capsys, flag, "must", f"got {_as_printed(value)}")
 
 
+@pytest.mark.parametrize("flag,value", [("--schedule", "linear"), ("--amp", "fp8"), ("--finetune-schedule", "exp")])
+def test_choice_fields(box, flag, value, capsys, no_data_loading):
+    argv = [*TRAIN] if not flag.startswith("--finetune") else ["prune", "--model", "convnet_small",
+                                                              "--target-macs", "0.5"]
+    box.refuses([*argv, flag, value], capsys, flag, repr(value))
+
+
 def test_milestones_must_increase(box, capsys, no_data_loading):
     box.refuses([*TRAIN, "--schedule", "step", "--milestones", "5", "3"], capsys, "--milestones", "[5, 3]")
 
@@ -192,6 +210,16 @@ def test_two_targets(box, digits_ckpt, capsys, no_data_loading):
 
 def test_no_target(box, digits_ckpt, capsys, no_data_loading):
     box.refuses(prune_args(digits_ckpt), capsys, "--target-macs", "is required")
+
+
+@pytest.mark.parametrize("extra,needle", [
+    (["--step-ratio", "0.1", "--ratio", "0.5"], "--ratio and --target-params do not apply"),
+    (["--step-ratio", "0.1"], "nothing would stop it"),
+    (["--criterion", "csgd", "--target-macs", "0.5", "--steps", "3"], "prunes in one round"),
+    (["--criterion", "csgd", "--target-macs", "0.5", "--step-ratio", "0.1"], "prunes in one round"),
+])
+def test_schedule_combinations(box, digits_ckpt, extra, needle, capsys, no_data_loading):
+    box.refuses(prune_args(digits_ckpt, *extra), capsys, needle)
 
 
 def test_demo_target_out_of_range(box, capsys, no_data_loading):
@@ -246,6 +274,13 @@ def test_cifar_checkpoint_with_default_digits(box, cifar_ckpt, capsys, no_data_l
 def test_auto_weights_with_default_digits(box, capsys, no_data_loading):
     box.refuses(["eval", "--model", "resnet20", "--weights", "auto"], capsys, "resnet20", "expects 3x32x32",
                 "gives 1x8x8")
+
+
+def test_foreign_weights_with_default_digits(box, capsys, no_data_loading):
+    """A .th state dict (read weights-only) tells its input channels and classes before the data loads."""
+    torch.save({"state_dict": fp.create_model("resnet20", num_classes=100).state_dict()}, box.root / "r20.th")
+    box.refuses(["eval", "--model", "resnet20", "--weights", "r20.th"], capsys, "r20.th",
+                "expects 3x32x32 images and 100 classes", "gives 1x8x8")
 
 
 def test_checkpoint_against_loaded_data_of_other_channels(box, digits_ckpt, capsys):

@@ -33,6 +33,7 @@ from PIL import Image
 
 from filterprune.data import CIFAR10_CLASSES, idx, image_folder, load
 from filterprune.errors import DataError
+from shared_paths import CIFAR10_DIR
 
 EVAL = ["--model", "convnet_small", "--device", "cpu"]
 
@@ -54,12 +55,14 @@ def write_tree(root: Path, classes=("a", "b"), train=3, test=1, side=8) -> Path:
     return root
 
 
-def tar_bytes(tree: Path) -> bytes:
-    """An uncompressed tar of ``tree`` (folders included, sorted), as ``tar cf`` would write it."""
+def tar_bytes(tree: Path, split: str = "") -> bytes:
+    """An uncompressed tar of ``tree`` (or only its ``split`` folder; folders included, sorted), as
+    ``tar cf`` would write it."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tf:
         for p in sorted(tree.rglob("*")):
-            tf.add(p, arcname=str(p.relative_to(tree)), recursive=False)
+            if p.relative_to(tree).parts[0].startswith(split):
+                tf.add(p, arcname=str(p.relative_to(tree)), recursive=False)
     return buf.getvalue()
 
 
@@ -182,6 +185,16 @@ def test_garbage_inside_the_archive(box, raw_tar, capsys):
     archive = box.root / "shapes_train.tar"
     archive.write_bytes(bytes(bad))
     box.refuses(["eval", *EVAL, "--data", str(archive)], capsys, str(archive), "damaged")
+
+
+def test_test_sibling_tarball_cut(box, tree, capsys):
+    """The training tarball is intact; its test sibling lost its last member."""
+    (box.root / "shapes_train.tar.gz").write_bytes(gzip.compress(tar_bytes(tree, "train")))
+    test_raw = tar_bytes(tree, "test")
+    heads, _ = boundaries(test_raw)
+    sibling = box.root / "shapes_test.tar.gz"
+    sibling.write_bytes(gzip.compress(test_raw[:heads[-1]]))
+    box.refuses(["eval", *EVAL, "--data", str(box.root / "shapes_train.tar.gz")], capsys, str(sibling), "truncated")
 
 
 def test_official_cifar_archive_cut_at_a_member_boundary(box, tmp_path, capsys):
@@ -328,6 +341,19 @@ def _jpeg_claiming(w: int, h: int) -> bytes:
     return bytes(data)
 
 
+def _png_with_text_bomb() -> bytes:
+    """A valid 8x8 PNG carrying a zTXt chunk that inflates to 100 MiB (Pillow's MAX_TEXT_CHUNK guards it)."""
+    png = png_bytes()
+    data = b"Comment\x00\x00" + zlib.compress(bytes(100 << 20), 9)
+    chunk = struct.pack(">I", len(data)) + b"zTXt" + data + struct.pack(">I", zlib.crc32(b"zTXt" + data))
+    return png[:33] + chunk + png[33:]  # after the IHDR chunk (8 + 25 bytes)
+
+
+def test_png_text_chunk_bomb(box, tree, capsys):
+    (tree / "train" / "b" / "text.png").write_bytes(_png_with_text_bomb())
+    box.refuses(["eval", *EVAL, "--data", str(tree)], capsys, "text.png", "not a readable image", "too large")
+
+
 BOMBS = {
     "png 20000x20000 (over 2x the limit)": ("png", lambda: _png_claiming(20000, 20000)),
     "png 10000x10000 (Pillow only warns)": ("png", lambda: _png_claiming(10000, 10000)),
@@ -462,3 +488,28 @@ def test_idx_gzip_bomb_is_never_inflated(tmp_path):
     finally:
         tracemalloc.stop()
     assert peak < 8 << 20, peak
+
+
+# ---- the real CIFAR-10 JPEG copy (slow: each case decodes 50,000 JPEGs) ---------------------------------------
+
+REAL_TRAIN = CIFAR10_DIR / "cifar10_jpeg_q75_train.tar.gz"
+
+
+@pytest.fixture(scope="module")
+def real_train_raw() -> bytes:
+    return gzip.decompress(REAL_TRAIN.read_bytes())  # about 80 MB of tar
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not REAL_TRAIN.is_file(), reason="shared/data/cifar10 JPEG copy not present")
+@pytest.mark.parametrize("damage", ["cut at the last member boundary", "one image fewer, properly ended"])
+def test_real_cifar_train_tarball(box, real_train_raw, damage, capsys):
+    """Issue 10 item 5 on the real data: both copies used to load with 49,999 images (and be cached)."""
+    heads, end = boundaries(real_train_raw)
+    if damage.startswith("cut"):
+        raw, needle = real_train_raw[:heads[-1]], "truncated"
+    else:  # drop the last member (the tarball is otherwise whole): only the count can tell
+        raw, needle = real_train_raw[:heads[-1]] + bytes(1024), "train split holds 49,999 images, CIFAR-10 has 50,000"
+    archive = box.root / "cifar10_jpeg_q75_train.tar.gz"
+    archive.write_bytes(gzip.compress(raw, 1))
+    box.refuses(["eval", *EVAL, "--data", str(archive)], capsys, str(archive), needle)

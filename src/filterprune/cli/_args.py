@@ -217,6 +217,11 @@ def expected_input(model: str, weights: str):
         from ..models import create_model
 
         return model_spec(create_model(model))  # the published weights' shapes: the defaults
+    if weights.endswith((".th", ".pt", ".pth")) and Path(weights).is_file():
+        from ..inputs import state_spec
+        from ..models.weights import read_foreign_state_dict
+
+        return state_spec(read_foreign_state_dict(weights))  # weights_only: no pickle runs
     return None
 
 
@@ -257,10 +262,18 @@ def validate_config(cfg: Any) -> Any:
 def check_prune(p: PruneConfig) -> None:
     """The pruning request as a whole: a known criterion with valid options, and a target."""
     check_criterion(p.criterion, p.criterion_options)
-    if (p.target_macs is None and p.target_params is None and p.ratio is None and p.step_ratio is None
-            and not p.layer_ratio):
+    if p.step_ratio is not None:  # PLS+VIP's schedule: stops at --target-macs or after --steps
+        if p.ratio is not None or p.target_params is not None:
+            raise config_error("prune.step_ratio", "stops at --target-macs or after --steps; --ratio and "
+                               "--target-params do not apply to it")
+        if p.target_macs is None and p.steps == 1:
+            raise config_error("prune.step_ratio", "needs --target-macs or --steps > 1: nothing would stop it")
+    elif p.target_macs is None and p.target_params is None and p.ratio is None and not p.layer_ratio:
         raise config_error("prune.target_macs", "or --target-params, --ratio or --layer-ratio is required: say how "
                            "much to remove")
+    if p.criterion in training_methods() and (p.steps != 1 or p.step_ratio is not None):
+        raise config_error("prune.steps", f"must be 1 and --step-ratio unset for {p.criterion}: it prunes in one "
+                           f"round, got --steps {p.steps}")
 
 
 def check_eval_args(args: argparse.Namespace) -> None:
