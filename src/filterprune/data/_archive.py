@@ -88,12 +88,13 @@ def _fail(path: Path, problem: str, what: str = "fetch or copy it again") -> Dat
 
 
 def reason(e: BaseException) -> str:
-    if isinstance(e, EOFError):
-        return "compressed stream ends early (truncated)"
-    if isinstance(e, gzip.BadGzipFile) or "CRC" in str(e):
-        return f"corrupt compressed data ({e})"
+    """What a read error means, as a phrase: ``truncated: ...``, ``corrupt: ...`` or ``not readable ...``."""
     text = str(e).strip().splitlines()[0] if str(e).strip() else ""
-    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+    if isinstance(e, EOFError):
+        return "truncated: the compressed stream ends before its end marker"
+    if isinstance(e, gzip.BadGzipFile) or "CRC" in text or "length" in text.lower():
+        return f"corrupt compressed data ({text})"
+    return f"not readable ({type(e).__name__}: {text})" if text else f"not readable ({type(e).__name__})"
 
 
 def iter_tar(path: Path, wanted, *, max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES
@@ -147,7 +148,7 @@ def iter_tar(path: Path, wanted, *, max_member_bytes: int = DEFAULT_MAX_MEMBER_B
     except DataError:
         raise
     except READ_ERRORS as e:
-        raise _fail(path, f"not a complete, readable tar archive ({reason(e)})") from None
+        raise _fail(path, reason(e).replace("not readable", "not a readable tar archive", 1)) from None
 
 
 def read_gzip_capped(path: Path, f: BinaryIO, n: int, what: str) -> bytes:

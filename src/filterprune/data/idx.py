@@ -66,7 +66,7 @@ def read_idx(path: Path, max_bytes: int = MAX_IDX_BYTES) -> np.ndarray:
     except DataError:
         raise
     except READ_ERRORS as e:
-        raise DataError(f"{path}: cannot read ({reason(e)}); fetch the file again") from None
+        raise DataError(f"{path}: {reason(e)}; fetch the file again") from None
     return np.frombuffer(raw, np.uint8).reshape(shape).copy()
 
 
