@@ -134,6 +134,23 @@ def test_tarball_cut_inside_the_end_of_archive_blocks(box, raw_tar, extra, capsy
     box.refuses(["eval", *EVAL, "--data", str(archive)], capsys, str(archive), "truncated")
 
 
+@pytest.mark.parametrize("command", ["train", "prune"])
+def test_run_commands_leave_no_run_folder(box, raw_tar, command, capsys):
+    """train and prune claim --out before loading the data; refused data must not leave it behind."""
+    import torch
+
+    import filterprune as fp
+
+    weights = fp.save(fp.create_model("convnet_small", in_chans=3), box.root / "small.safetensors",
+                      example_inputs=torch.randn(1, 3, 8, 8))
+    heads, _ = boundaries(raw_tar)
+    archive = box.root / "shapes_train.tar.gz"
+    archive.write_bytes(gzip.compress(raw_tar[:heads[-1]]))
+    argv = {"train": ["train", "--epochs", "1", "--device", "cpu"],
+            "prune": ["prune", "--weights", str(weights), "--target-macs", "0.5", "--finetune-device", "cpu"]}[command]
+    box.refuses([*argv, "--data", str(archive), "--out", "run"], capsys, str(archive), "truncated")
+
+
 @pytest.mark.parametrize("seed", range(6))
 def test_gzip_cut_at_a_random_byte(box, raw_tar, seed, capsys):
     gz = gzip.compress(raw_tar)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ from torch import nn
 
 from ..config import RunConfig, to_dict
 from ..data import BatchLoader, DataSplits, load_data
+from ..errors import CheckpointError, DataError
 from ..models import create_model
 from ..utils.env import environment
 from ..utils.io import atomic_write, atomic_write_json, open_run_folder
@@ -73,11 +75,17 @@ def run_training(cfg: RunConfig, *, resume: bool = False, overwrite: bool = Fals
     """
     out = Path(cfg.out)
     inputs = [cfg.pretrained] if cfg.pretrained not in ("", "auto") else []
-    with open_run_folder(out, "train", resume=resume, overwrite=overwrite, owned=TRAIN_FILES, inputs=inputs):
+    with open_run_folder(out, "train", resume=resume, overwrite=overwrite, owned=TRAIN_FILES, inputs=inputs) as run:
         if resume:
             check_resume(saved_config(RunConfig, out), cfg, TRAIN_EXTENDS)
         atomic_write(out / "config.yaml", dump_yaml_text(cfg))
-        return _train(cfg, out, resume, download)
+        try:
+            return _train(cfg, out, resume, download)
+        except (DataError, CheckpointError):  # bad data or weights, found while loading: before any epoch
+            if run.fresh and not (out / "metrics.jsonl").exists():  # a refusal before any work: leave nothing
+                run.release()
+                shutil.rmtree(out, ignore_errors=True)
+            raise
 
 
 def _train(cfg: RunConfig, out: Path, resume: bool, download: bool) -> dict[str, Any]:
