@@ -530,3 +530,28 @@ def test_real_cifar_train_tarball(box, real_train_raw, damage, capsys):
     archive = box.root / "cifar10_jpeg_q75_train.tar.gz"
     archive.write_bytes(gzip.compress(raw, 1))
     box.refuses(["eval", *EVAL, "--data", str(archive)], capsys, str(archive), needle)
+
+
+# ---- the streaming reader (big unpacked folders) refuses the same things ------------------------------------
+
+@pytest.mark.parametrize("damage", ["empty train class", "empty test class", "test lacks a class",
+                                    "test has an extra class"])
+def test_streamed_folder_refuses_like_the_in_memory_reader(box, tree, damage):
+    make, problem = FOLDER_DAMAGE[damage]
+    detail = make(tree)
+    with pytest.raises(DataError) as e:
+        load.load_data(str(tree), stream=True)
+    line = str(e.value)
+    assert "\n" not in line and problem in line and detail in line and str(tree) in line
+    assert box.cache_files() == []
+
+
+@pytest.mark.parametrize("side", [10, 12])  # 100 pixels: over the limit (Pillow warns); 144: over 2x (raises)
+def test_streamed_image_over_pillows_limit(box, tree, side, monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 70)
+    (tree / "train" / "a" / "00.png").write_bytes(png_bytes(side))
+    splits = load.load_data(str(tree), stream=True, val_fraction=0.5)
+    ds = splits.train if "00.png" in " ".join(splits.train.files) else splits.val
+    index = next(i for i, f in enumerate(ds.files) if f.endswith("a/00.png"))
+    with pytest.raises(DataError, match="decompression bomb"):
+        ds[(index, 0)]

@@ -35,6 +35,7 @@ import logging
 import math
 import os
 import random
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -77,15 +78,22 @@ def list_image_folder(root: Path) -> tuple[dict[str, tuple[list[str], list[int]]
             names = sorted(f.name for f in os.scandir(split_dir / cls)
                            if f.is_file() and not f.name.startswith(".") and f.name.lower().endswith(IMAGE_SUFFIXES))
             found.setdefault(split, {})[cls] = [str(split_dir / cls / n) for n in names]
-    classes = sorted(c for c, files in found.get("train", {}).items() if files)
+    empty = [f"{split}/{c}" for split, by_class in found.items() for c, files in by_class.items() if not files]
+    if empty:  # the same refusals as the in-memory reader (image_folder._assemble), in its words
+        names = ", ".join(empty[:5]) + (" ..." if len(empty) > 5 else "")
+        raise DataError(f"{root}: class folder(s) {names} hold no images; add the images or remove the folders")
+    classes = sorted(found.get("train", {}))
     if not classes:
         raise DataError(f"{root}: no training images found; pass a folder with train/<class>/<image> files")
     index = {c: i for i, c in enumerate(classes)}
+    test_classes = sorted(found.get("test", {}))
+    if test_classes and test_classes != classes:
+        raise DataError(
+            f"{root}: train and test have different classes (only in train: {sorted(set(classes) - set(test_classes))}"
+            f", only in test: {sorted(set(test_classes) - set(classes))}); make the class folders match"
+        )
     out = {}
     for split, by_class in found.items():
-        unknown = sorted(c for c, files in by_class.items() if files and c not in index)
-        if unknown:
-            raise DataError(f"{root}: {split} classes {unknown} have no training images; make the class folders match")
         paths = [p for c in sorted(by_class) for p in by_class[c]]
         labels = [index[c] for c in sorted(by_class) for _ in by_class[c]]
         out[split] = (paths, labels)
@@ -187,9 +195,11 @@ class FolderDataset(torch.utils.data.Dataset):
         index, seed = item
         path = self.files[index]
         try:
-            with Image.open(path) as im:
-                img = im.convert("RGB")
-        except Image.DecompressionBombError as e:
+            with warnings.catch_warnings():  # Pillow only warns between 1x and 2x its limit: refuse those too
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(path) as im:
+                    img = im.convert("RGB")
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
             raise DataError(f"{path}: decompression bomb ({e}); raise PIL.Image.MAX_IMAGE_PIXELS if it is genuine") from None
         except (UnidentifiedImageError, OSError, ValueError) as e:
             raise DataError(f"{path}: not a readable image ({type(e).__name__}); remove or replace it") from None
@@ -316,9 +326,11 @@ def decoded_bytes_estimate(files: list[str]) -> int:
     if not files:
         return 0
     try:
-        with Image.open(files[0]) as im:
-            w, h = im.size
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(files[0]) as im:
+                w, h = im.size
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning):
         return 0  # unreadable: the in-memory reader reports it in its words
     return len(files) * w * h * 3
 
