@@ -173,3 +173,210 @@ def build(name: str, seed: int = 0) -> tuple[nn.Module, torch.Tensor]:
     torch.manual_seed(seed)
     model = randomize_bn(TINY_MODELS[name](), seed)
     return model.eval(), example_input(seed=seed)
+
+
+# ---- Architecture kinds of issue 11 (users' models other tools break on), with held-back variants ----
+KIND_SHAPE = (2, 3, 16, 16)
+
+
+def _head(c: int) -> nn.Linear:
+    return nn.Linear(c, NUM_CLASSES)
+
+
+class UnequalSplit(nn.Module):
+    """conv (32) -> split of the channel axis -> conv on one piece -> cat -> (residual add) -> conv."""
+
+    def __init__(self, sizes=(8, 24), residual: bool = True, how: str = "split") -> None:
+        super().__init__()
+        self.sizes, self.residual, self.how = list(sizes), residual, how
+        c = sum(sizes)
+        self.stem, self.bn = nn.Conv2d(3, c, 3, padding=1), nn.BatchNorm2d(c)
+        self.conv = nn.Conv2d(sizes[0], sizes[0], 3, padding=1)
+        self.mid = nn.Conv2d(c, 48, 3, padding=1)
+        self.fc = _head(48)
+
+    def forward(self, x):
+        x = F.relu(self.bn(self.stem(x)))
+        if self.how == "chunk":
+            a, b = x.chunk(2, 1)
+        elif self.how == "slice":
+            a, b = x[:, : self.sizes[0]], x[:, self.sizes[0]:]
+        else:
+            a, b = torch.split(x, self.sizes, 1)
+        y = torch.cat([F.relu(self.conv(a)), b], 1)
+        y = y + x if self.residual else y
+        return self.fc(F.relu(self.mid(y)).mean((2, 3)))
+
+
+class SpatialSplit(nn.Module):
+    """A split along the height axis (not channels): both halves keep every channel."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.conv, self.fc = nn.Conv2d(3, 32, 3, padding=1), nn.Conv2d(32, 32, 3, padding=1), _head(32)
+
+    def forward(self, x):
+        top, bottom = torch.split(F.relu(self.stem(x)), [6, 10], 2)
+        return self.fc(F.relu(self.conv(torch.cat([bottom, top], 2))).mean((2, 3)))
+
+
+class PixelShuffleNet(nn.Module):
+    """conv -> conv to C*r*r -> PixelShuffle(r) -> conv (or PixelUnshuffle(r) -> conv)."""
+
+    def __init__(self, r: int = 2, unshuffle: bool = False) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        if unshuffle:
+            self.up, self.shuffle, self.out = nn.Conv2d(16, 24, 3, padding=1), nn.PixelUnshuffle(r), nn.Conv2d(24 * r * r, 3, 3, padding=1)
+        else:
+            self.up, self.shuffle, self.out = nn.Conv2d(16, 16 * r * r, 3, padding=1), nn.PixelShuffle(r), nn.Conv2d(16, 3, 3, padding=1)
+
+    def forward(self, x):
+        return self.out(F.relu(self.shuffle(F.relu(self.up(F.relu(self.stem(x)))))))
+
+
+class SpatialGate(nn.Module):
+    """A one-channel map spread over every channel: ``x * sigmoid(conv_to_1(x))`` and variants."""
+
+    def __init__(self, gate: str = "sigmoid") -> None:
+        super().__init__()
+        self.gate = gate
+        self.stem = nn.Conv2d(3, 32, 3, padding=1)
+        self.att = nn.Conv2d(32, 1, 7, padding=3)
+        self.conv, self.fc = nn.Conv2d(32, 32, 3, padding=1), _head(32)
+
+    def forward(self, x):
+        x = F.relu(self.stem(x))
+        if self.gate == "sigmoid":
+            x = x * torch.sigmoid(self.att(x))
+        elif self.gate == "add":
+            x = x + self.att(x)
+        elif self.gate == "expand":
+            x = torch.tanh(self.att(x)).expand_as(x) * x
+        else:  # CBAM's spatial gate: a mean over channels, kept whole
+            x = x * torch.sigmoid(self.att(torch.cat([x.mean(1, keepdim=True)] * 32, 1)))
+        return self.fc(F.relu(self.conv(x)).mean((2, 3)))
+
+
+class PReLUNet(nn.Module):
+    """conv -> PReLU() (one shared slope) or PReLU(C) -> conv -> PReLU -> head."""
+
+    def __init__(self, per_channel: bool = False) -> None:
+        super().__init__()
+        self.stem, self.bn = nn.Conv2d(3, 32, 3, padding=1), nn.BatchNorm2d(32)
+        self.act = nn.PReLU(32 if per_channel else 1)
+        self.conv, self.act2, self.fc = nn.Conv2d(32, 48, 3, padding=1), nn.PReLU(), _head(48)
+        with torch.no_grad():
+            self.act.weight.uniform_(0.05, 0.5)
+
+    def forward(self, x):
+        return self.fc(self.act2(self.conv(self.act(self.bn(self.stem(x))))).mean((2, 3)))
+
+
+class ConvNeXtBlock(nn.Module):
+    """ConvNeXt block (Liu et al. 2022): 7x7 depthwise, permute, LayerNorm, Linear 4C, GELU, Linear C,
+    permute back, residual add; ``tokens=True`` works on (B, N, C) tokens and averages them with mean(1)."""
+
+    def __init__(self, c: int = 32, tokens: bool = False) -> None:
+        super().__init__()
+        self.tokens = tokens
+        self.stem = nn.Conv2d(3, c, 2, stride=2)
+        self.dw, self.norm = nn.Conv2d(c, c, 7, padding=3, groups=c), nn.LayerNorm(c)
+        self.pw1, self.pw2, self.head = nn.Linear(c, 4 * c), nn.Linear(4 * c, c), _head(c)
+
+    def forward(self, x):
+        x = self.stem(x)
+        if self.tokens:
+            t = self.dw(x).flatten(2).transpose(1, 2)  # (B, N, C)
+            t = self.pw2(F.gelu(self.pw1(self.norm(t))))
+            return self.head((x.flatten(2).transpose(1, 2) + t).mean(1))
+        y = self.dw(x).permute(0, 2, 3, 1)  # (B, H, W, C)
+        y = self.pw2(F.gelu(self.pw1(self.norm(y)))).permute(0, 3, 1, 2)
+        return self.head((x + y).mean((2, 3)))
+
+
+class GroupedNet(nn.Module):
+    """Grouped (not depthwise) convs, ResNeXt style: 1x1 -> 3x3 groups=g -> 1x1, plus a grouped 1x1 chain."""
+
+    def __init__(self, g: int = 4) -> None:
+        super().__init__()
+        self.stem, self.bn = nn.Conv2d(3, 32, 3, padding=1), nn.BatchNorm2d(32)
+        self.g1 = nn.Conv2d(32, 64, 3, padding=1, groups=g)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.g2 = nn.Conv2d(64, 64, 3, padding=1, groups=g)
+        self.pw = nn.Conv2d(64, 32, 1)
+        self.fc = _head(32)
+
+    def forward(self, x):
+        x = F.relu(self.bn(self.stem(x)))
+        y = F.relu(self.g2(F.relu(self.bn1(self.g1(x)))))
+        return self.fc(F.relu(self.pw(y) + x).mean((2, 3)))
+
+
+class TwoInputs(nn.Module):
+    """``forward(a, b)``: called with keyword inputs ``{"a": x1, "b": x2}``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ca, self.cb = nn.Conv2d(3, 32, 3, padding=1), nn.Conv2d(3, 32, 3, padding=1)
+        self.fuse, self.fc = nn.Conv2d(64, 32, 3, padding=1), _head(32)
+
+    def forward(self, a, b):
+        x = torch.cat([F.relu(self.ca(a)), F.relu(self.cb(b))], 1)
+        return self.fc(F.relu(self.fuse(x)).mean((2, 3)))
+
+
+class FunctionalConv(nn.Module):
+    """A user's conv with its own kernel, run through ``F.conv2d``."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(cout, cin, 3, 3) * 0.1)
+
+    def forward(self, x):
+        return F.conv2d(x, self.weight, padding=1)
+
+
+class FunctionalConvNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.f = nn.Conv2d(3, 32, 3, padding=1), FunctionalConv(32, 32)
+        self.conv, self.fc = nn.Conv2d(32, 48, 3, padding=1), _head(48)
+
+    def forward(self, x):
+        return self.fc(F.relu(self.conv(F.relu(self.f(F.relu(self.stem(x)))))).mean((2, 3)))
+
+
+KINDS: dict[str, Callable[[], nn.Module]] = {
+    "split_8_24": lambda: UnequalSplit((8, 24)),
+    "split_20_12": lambda: UnequalSplit((20, 12)),
+    "split_no_residual": lambda: UnequalSplit((8, 24), residual=False),
+    "chunk": lambda: UnequalSplit((16, 16), how="chunk"),
+    "slice": lambda: UnequalSplit((12, 20), how="slice"),
+    "split_height": SpatialSplit,
+    "pixel_shuffle_2": lambda: PixelShuffleNet(2),
+    "pixel_shuffle_3": lambda: PixelShuffleNet(3),
+    "pixel_unshuffle_2": lambda: PixelShuffleNet(2, unshuffle=True),
+    "spatial_gate": lambda: SpatialGate("sigmoid"),
+    "spatial_gate_add": lambda: SpatialGate("add"),
+    "spatial_gate_expand": lambda: SpatialGate("expand"),
+    "cbam_channel_mean": lambda: SpatialGate("cbam"),
+    "prelu_shared": lambda: PReLUNet(False),
+    "prelu_per_channel": lambda: PReLUNet(True),
+    "convnext": ConvNeXtBlock,
+    "convnext_tokens": lambda: ConvNeXtBlock(tokens=True),
+    "grouped_4": lambda: GroupedNet(4),
+    "grouped_2": lambda: GroupedNet(2),
+    "keyword_inputs": TwoInputs,
+}
+
+
+def build_kind(name: str, seed: int = 0):
+    """A seeded model of kind ``name`` in eval mode (random BN statistics) and its example inputs."""
+    torch.manual_seed(seed)
+    model = randomize_bn(KINDS[name](), seed).eval()
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(*KIND_SHAPE, generator=g)
+    if name == "keyword_inputs":
+        return model, {"a": x, "b": torch.randn(*KIND_SHAPE, generator=g)}
+    return model, x

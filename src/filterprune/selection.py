@@ -366,6 +366,27 @@ class _Family:
         return None
 
 
+def _limits(groups: Sequence[ChannelGroup], opts: SelectOptions, base: Baseline, best: float, target: float) -> str:
+    """What keeps the target out of reach, for the error message: the constraints that bind, and the
+    groups kept whole (with their reasons)."""
+    parts = []
+    if best + opts.tolerance < target:
+        bound = [f"min_channels={opts.min_channels}"] if opts.min_channels > 1 else []
+        bound += [f"max_ratio={opts.max_ratio:g}"] if opts.max_ratio < 1 else []
+        bound += [f"round_to={opts.round_to}"] if opts.round_to > 1 else []
+        bound += ["ignored_layers"] if opts.ignored_layers else []
+        if bound:
+            parts.append("under " + ", ".join(bound))
+        whole = [f"{g.id} ({g.reason})" for g in groups
+                 if not g.prunable and g.size > 1 and not g.reaches_output and "classifier" not in g.reason]
+        if whole:
+            parts.append(f"{len(whole)} group(s) kept whole: " + "; ".join(whole[:3]) + ("; ..." if len(whole) > 3 else ""))
+    else:
+        parts.append("no combination of whole channels lands within the tolerance; try a larger tolerance or "
+                     "another target")
+    return ("; " + ", ".join(parts)) if parts else ""
+
+
 def select(
     model: nn.Module,
     example_inputs: Inputs,
@@ -412,19 +433,29 @@ def select(
 
     # Solve on the analytic model; where the real counter disagrees, shift the analytic goal by the
     # disagreement and solve again (the two differ by layers the analytic model does not see).
+    # Aim at half the tolerance first (room for the analytic/real gap); small models whose channels
+    # are coarse may only land within the full tolerance, so that is tried next.
     tol = options.tolerance
-    shift = 0.0
-    for _ in range(4):
-        counts = fam.solve(functools.partial(analytic, shift=shift), target, tol / 2)
-        achieved = real(counts) if verify else analytic(counts)
-        if not verify or abs(achieved - target) <= tol / 2:
+    for aim in (tol / 2, tol):
+        shift = 0.0
+        for _ in range(4):
+            counts = fam.solve(functools.partial(analytic, shift=shift), target, aim)
+            achieved = real(counts) if verify else analytic(counts)
+            if not verify or abs(achieved - target) <= aim:
+                break
+            shift = analytic(counts) - achieved
+        if abs(achieved - target) <= tol + 1e-9:
             break
-        shift = analytic(counts) - achieved
+    if verify and abs(achieved - target) > tol + 1e-9:
+        # the analytic model misses a large part (layers it cannot see, e.g. registered layer ops):
+        # search on real counts instead (slower: one count of a pruned copy per evaluation)
+        counts = fam.solve(real, target, tol)
+        achieved = real(counts)
     if abs(achieved - target) > tol + 1e-9:
         full = fam.counts(len(fam.units))
         best = real(full) if verify else analytic(full)
         raise PruningError(f"cannot reach {name}={target:.4g} within {tol:g}: got {achieved:.4g} "
-                           f"(at most {best:.4g} under min_channels/max_ratio/round_to)")
+                           f"(at most {best:.4g}{_limits(groups, options, base, best, target)})")
     plan = fam.plan(counts)
     logger.info("selected %d channels in %d groups: %s %.4f (requested %.4f)",
                 plan.num_removed(), len(plan.prune_idxs), name, achieved, target)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ast
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -101,7 +104,7 @@ def test_channel_shuffle_is_refused():
 
 
 def test_probe_catches_a_shuffle_the_op_check_misses(monkeypatch):
-    monkeypatch.setattr(trace_mod, "_refusal", lambda node, where: None)
+    monkeypatch.setattr(trace_mod, "_op_issue", lambda node, rec, model: None)
     model, x = build("shuffle")
     with pytest.raises(PruningError, match="did not predict"):
         trace_groups(model, x)
@@ -140,22 +143,29 @@ class _Scale(nn.Module):
 
 
 @pytest.mark.parametrize("mid, c2_in, match", [
-    (nn.GroupNorm(2, 8), 8, "GroupNorm"),
-    (_Lambda(lambda x: x[:, :4]), 4, "slice of the channel axis"),
-    (_Lambda(lambda x: sum(x.chunk(2, 1))), 4, "split/chunk"),
-    (_Lambda(lambda x: x * torch.sigmoid(x.mean(1, keepdim=True))), 8, "reduction over channels"),
-    (_Scale(), 8, "nn.Parameter"),
+    (nn.GroupNorm(2, 8), 8, r"mid \(GroupNorm\) normalizes over groups of channels"),
+    (nn.LayerNorm([8, 8, 8]), 8, r"mid \(LayerNorm\) normalizes over the channels"),
+    (_Lambda(lambda x: x[:, :4]), 4, r"getitem in mid \(_Lambda\) cuts the channel axis"),
+    (_Lambda(lambda x: sum(x.chunk(2, 1))), 4, r"chunk in mid \(_Lambda\) cuts the channel axis"),
+    (_Lambda(lambda x: x * torch.sigmoid(x.mean(1, keepdim=True))), 8, r"mean in mid \(_Lambda\) reduces over the channels"),
 ])
-def test_untrustworthy_paths_are_refused(mid, c2_in, match):
-    with pytest.raises(PruningError, match=match):
-        trace_groups(_Net(mid, c2_in).eval(), torch.randn(2, 3, 8, 8))
+def test_ops_that_need_every_channel_keep_the_group_whole(mid, c2_in, match):
+    groups = _by_id(trace_groups(_Net(mid, c2_in).eval(), torch.randn(2, 3, 8, 8)))
+    assert not groups["conv"].prunable
+    assert re.search(match, groups["conv"].reason), groups["conv"].reason
+    assert groups["conv2"].prunable
 
 
-def test_refused_group_can_be_ignored():
-    model = _Net(nn.GroupNorm(2, 8), 8).eval()
-    groups = _by_id(trace_groups(model, torch.randn(2, 3, 8, 8), ignored_layers=["conv"]))
-    assert not groups["conv"].prunable and "GroupNorm" in groups["conv"].reason
-    assert groups["conv2"].reaches_output is False
+def test_refusal_names_op_and_module_and_its_suggestion_works():
+    model, x = _Net(_Scale(), 8).eval(), torch.randn(2, 3, 8, 8)
+    with pytest.raises(PruningError) as e:
+        trace_groups(model, x)
+    msg = str(e.value)
+    assert "\n" not in msg and "_Scale mid" in msg and "'mid.gamma'" in msg and "register_layer_op" in msg
+    suggestion = ast.literal_eval(msg.split("ignored_layers=")[1])
+    groups = _by_id(trace_groups(model, x, ignored_layers=suggestion))
+    assert not groups["conv"].prunable and "nn.Parameter" in groups["conv"].reason
+    assert groups["conv2"].prunable and groups["conv2"].reaches_output is False
 
 
 def test_squeeze_excitation_is_accepted():

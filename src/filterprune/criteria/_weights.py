@@ -15,7 +15,12 @@ ConvTranspose        ``weight[rows of i's group, :, i % (C_out/g)]``  ``weight[i
 Linear               ``weight[i, :]``, ``bias[i]``                 ``weight[:, i]`` (a flattened
                                                                    channel owns H*W such indices)
 BatchNorm/GroupNorm  ``weight[i]`` (gamma), ``bias[i]`` (beta)    same as ``"out"``
+LayerNorm            ``weight[i]``, ``bias[i]`` (channels-last)    same as ``"out"``
+PReLU(C)             ``weight[i]`` (slope, family ``act``)          same; ``PReLU()`` (one shared slope): none
 ===================  ============================================  ==================================
+
+Grouped convs: with tied channels (``graph/_ties.py``) a group channel owns one index per conv group;
+its rows are the filters (out) or input columns (in) of each, summed by :meth:`ParamSlice.per_channel`.
 
 A depthwise conv (``C_in/g == 1``) that is both an ``"out"`` and an ``"in"`` member of a group has
 only its out rows yielded: its in row for channel c is the same filter, which would be counted twice.
@@ -35,7 +40,7 @@ from torch import Tensor, nn
 from ..errors import FilterpruneError
 from ..graph.groups import ChannelGroup, Member
 
-Family = Literal["conv", "linear", "norm"]
+Family = Literal["conv", "linear", "norm", "act"]
 Role = Literal["weight", "bias"]
 # slicer(module, kind, idx (n,), tensors {"weight": ..., "bias": ...}) -> [(role, rows (n, K)), ...]
 Slicer = Callable[[nn.Module, str, Tensor, Mapping[str, Tensor]], list[tuple[str, Tensor]]]
@@ -217,6 +222,12 @@ def _linear(module: nn.Module, kind: str, idx: Tensor, t: Mapping[str, Tensor]) 
     return out
 
 
-@register_slicer(nn.modules.batchnorm._NormBase, nn.GroupNorm, family="norm")
+@register_slicer(nn.PReLU, family="act")
+def _prelu(module: nn.Module, kind: str, idx: Tensor, t: Mapping[str, Tensor]) -> list[tuple[str, Tensor]]:
+    w = t.get("weight")  # (num_parameters,): one slope per channel, or one shared by all
+    return [("weight", w[idx].reshape(-1, 1))] if w is not None and w.numel() > 1 else []
+
+
+@register_slicer(nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, family="norm")
 def _norm(module: nn.Module, kind: str, idx: Tensor, t: Mapping[str, Tensor]) -> list[tuple[str, Tensor]]:
     return [(role, t[role][idx].reshape(-1, 1)) for role in ("weight", "bias") if role in t]  # gamma, beta

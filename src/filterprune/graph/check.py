@@ -118,9 +118,11 @@ def _violation(base: _Baseline, rows: list[list[tuple[ChannelGroup, int]]]) -> s
             return out
         out = out.clone() if out.is_contiguous() else out.contiguous()
         scale = 10.0 * (1.0 + float(out.abs().max()))
+        axis = out.dim() - 1 if isinstance(base.named[name], nn.Linear) else 1  # a Linear's channels: last dim
         for r, idxs in producers[name]:
             for i in idxs:
-                out[r, i] += scale * torch.randn(out[r, i].shape, generator=gen).to(out)
+                at = (r, *([slice(None)] * (axis - 1)), i)
+                out[at] += scale * torch.randn(out[at].shape, generator=gen).to(out)
         return out
 
     calls: dict[str, int] = defaultdict(int)

@@ -81,8 +81,11 @@ def _consumer_slots(model: nn.Module, group: ChannelGroup, prune_idxs: Sequence[
             for tensor, dim, value in op.mask_in(module, index):
                 yield tensor, dim, index, value
         elif isinstance(module, (nn.modules.conv._ConvNd, nn.Linear)) and not is_depthwise(module):
-            if getattr(module, "groups", 1) > 1:
-                raise PruningError(f"cannot mask the input of grouped conv {member.module}")
+            groups = getattr(module, "groups", 1)
+            if groups > 1:  # tied channels: the same positions of every block, so whole columns go
+                if module.transposed:
+                    raise PruningError(f"cannot mask the input of grouped transposed conv {member.module}")
+                index = torch.unique(index % (module.in_channels // groups))
             yield module.weight, weight_dim(module, "in"), index, 0.0
         else:
             raise PruningError(f"cannot mask the input of {member.module} ({type(module).__name__})")

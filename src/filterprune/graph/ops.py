@@ -60,6 +60,12 @@ class LayerOp:
         """
         raise NotImplementedError
 
+    def couples(self, module: nn.Module) -> list[tuple[list[int], list[int]]] | None:
+        """For a layer whose input and output channels are tied (a pixel shuffle): blocks of
+        ``(input channels, output channels)`` that can only be removed together, one per block.
+        ``None`` (the default): input and output channels are independent, like a conv's."""
+        return None
+
     def channel_map(self, module: nn.Module) -> Tensor | None:
         """For a weightless router (a shortcut that places input channels among its outputs): the
         output channel of each input channel, -1 for dropped ones. ``None`` (the default) for layers
@@ -176,3 +182,60 @@ def opaque_forward(module: nn.Module) -> Callable[..., Tensor]:
     """A replacement ``forward`` for ``module`` that runs its class's forward as one opaque node."""
     klass_forward = type(module).forward
     return lambda *args: _Opaque.apply(lambda *a: klass_forward(module, *a), *args)
+
+
+_WIDTHS = "_filterprune_widths"  # (in, out) channel widths of a stateless layer, kept on the module
+
+
+def observe(module: nn.Module, in_width: int, out_width: int) -> None:
+    """Record the channel widths a stateless registered layer had in a traced forward pass."""
+    if isinstance(layer_op(module), PixelShuffleOp):
+        setattr(module, _WIDTHS, (int(in_width), int(out_width)))
+
+
+def _widths(module: nn.Module) -> tuple[int, int]:
+    return getattr(module, _WIDTHS)
+
+
+class PixelShuffleOp(LayerOp):
+    """``nn.PixelShuffle(r)``: input channels ``c*r*r ... c*r*r + r*r - 1`` become output channel ``c``
+    (Shi et al. 2016, arXiv 1609.05158), so a block of r² input channels goes with one output channel.
+    Stateless: its widths are those of the last traced forward pass, kept on the module as
+    ``_filterprune_widths`` and updated by surgery. ``nn.PixelUnshuffle`` is the reverse."""
+
+    unshuffle = False
+
+    def _factor(self, module: nn.Module) -> int:
+        return int(module.downscale_factor if self.unshuffle else module.upscale_factor) ** 2
+
+    def out_channels(self, module: nn.Module) -> int:
+        return _widths(module)[1]
+
+    def in_channels(self, module: nn.Module) -> int:
+        return _widths(module)[0]
+
+    def prune_out(self, module: nn.Module, keep_idxs: Tensor) -> None:
+        setattr(module, _WIDTHS, (_widths(module)[0], len(keep_idxs)))  # nothing else: no state
+
+    def prune_in(self, module: nn.Module, keep_idxs: Tensor) -> None:
+        setattr(module, _WIDTHS, (len(keep_idxs), _widths(module)[1]))
+
+    def mask_in(self, module: nn.Module, idxs: Tensor) -> list[tuple[Tensor, int, float]]:
+        return []  # a block is masked with its output channel, whose consumers are zeroed
+
+    def couples(self, module: nn.Module) -> list[tuple[list[int], list[int]]]:
+        r2 = self._factor(module)
+        narrow = _widths(module)[0 if self.unshuffle else 1]
+        blocks = [([k], list(range(k * r2, (k + 1) * r2))) for k in range(narrow)]
+        return blocks if self.unshuffle else [(wide, one) for one, wide in blocks]
+
+    def channel_attrs(self, module: nn.Module) -> dict[str, int]:
+        return {}
+
+
+class PixelUnshuffleOp(PixelShuffleOp):
+    unshuffle = True
+
+
+register_layer_op(nn.PixelShuffle, PixelShuffleOp())
+register_layer_op(nn.PixelUnshuffle, PixelUnshuffleOp())

@@ -75,6 +75,26 @@ def _slice_param(module: nn.Module, name: str, dim: int, keep: torch.Tensor) -> 
         setattr(module, name, new)  # a registered buffer stays registered
 
 
+def _prune_grouped(m: nn.modules.conv._ConvNd, kind: str, keep: torch.Tensor) -> None:
+    """A grouped (not depthwise) conv: every conv group must lose the same number of channels, and on
+    the input side the same positions (the rows of group k read columns of block k only)."""
+    g = m.groups
+    if m.transposed:
+        raise PruningError(f"cannot prune a grouped transposed conv (groups={g})")
+    width = m.out_channels if kind == "out" else m.in_channels
+    block = width // g
+    per_block = [[int(i) % block for i in keep if int(i) // block == k] for k in range(g)]
+    if len({len(b) for b in per_block}) != 1 or (kind == "in" and any(b != per_block[0] for b in per_block)):
+        raise PruningError(f"a grouped conv (groups={g}) must lose the same channel positions in every group")
+    if kind == "out":
+        _slice_param(m, "weight", 0, keep)
+        _slice_param(m, "bias", 0, keep)
+        m.out_channels = len(keep)
+    else:
+        _slice_param(m, "weight", 1, torch.tensor(per_block[0], dtype=torch.long))
+        m.in_channels = len(keep)
+
+
 def prune_module(m: nn.Module, kind: str, remove: Sequence[int]) -> None:
     """Remove channels ``remove`` of ``m``'s ``kind`` dim in place (depthwise convs: both dims)."""
     if not remove:
@@ -85,8 +105,8 @@ def prune_module(m: nn.Module, kind: str, remove: Sequence[int]) -> None:
         (op.prune_out if kind == "out" else op.prune_in)(m, keep)
     elif isinstance(m, _CONV):
         if m.groups > 1 and not is_depthwise(m):
-            raise PruningError(f"cannot prune a grouped conv (groups={m.groups})")
-        if is_depthwise(m):
+            _prune_grouped(m, kind, keep)
+        elif is_depthwise(m):
             _slice_param(m, "weight", 0, keep)
             _slice_param(m, "bias", 0, keep)
             m.in_channels = m.out_channels = m.groups = len(keep)

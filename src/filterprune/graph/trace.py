@@ -1,18 +1,30 @@
 """Channel groups of a model: an adapter over torch-pruning's ``DependencyGraph`` (pinned 1.6.1).
 
 Torch-pruning traces the autograd graph of one forward pass and propagates "remove channel c of this
-conv" to every coupled layer. We use only that propagation; scoring, selection, masking and surgery
-are ours. No torch-pruning type leaves this module: each of its groups becomes a :class:`ChannelGroup`.
+conv" to every coupled layer. We use only that propagation (built in ``_tpgraph.py``); scoring,
+selection, masking and surgery are ours. No torch-pruning type leaves ``graph/``: each of its groups
+becomes a :class:`ChannelGroup`.
 
-Where the trace cannot be trusted we refuse with :class:`PruningError` instead of pruning wrongly:
+What the engine does with what it finds on a group's channel path:
 
-* ops that move channels around (transpose/permute, as in a channel shuffle; gather/index; pixel
-  shuffle) or cut the channel axis into fixed pieces (split/chunk/unbind, slicing, concat along another
-  axis, reductions over channels) on a channel path;
-* modules the engine cannot prune (LayerNorm, GroupNorm, attention, ..., or a bare ``nn.Parameter``)
-  on a channel path;
-* anything else a channel-flow probe (:func:`filterprune.graph.check.probe_channel_flow`) shows going
-  somewhere the trace did not predict.
+* **pruned**: conv (any ``groups``: a grouped conv ties the channels at the same position in every
+  conv group, so each group loses the same number), Linear (also on channels-last or token
+  tensors), BatchNorm/InstanceNorm, ``PReLU(C)``, ``nn.PixelShuffle``/``PixelUnshuffle`` (blocks of
+  r² channels go together), residual adds, concat, flatten into a Linear, SE-style gates, permutes
+  that only move the channel axis, registered layer ops (:mod:`filterprune.graph.ops`);
+* **passed through untouched**: activations, pooling, ``PReLU()`` with one shared slope, a
+  one-channel map broadcast over all channels (spatial attention);
+* **kept whole** (the group is not prunable, the reason names the op and its module): ops whose
+  result depends on the number or position of channels: split/chunk/unbind/slices of the channel
+  axis (their sizes are fixed in the model's code), reductions over channels (``x.mean(1)``),
+  LayerNorm and GroupNorm over the channels, concat along another axis, a functional pixel shuffle;
+* **refused** (:class:`PruningError`): ops that move channels in ways the trace cannot follow (a
+  channel shuffle's view/transpose, gather/index, matmul on the channel axis), bare
+  ``nn.Parameter``s and modules the engine cannot resize on a channel path. The message names the
+  op and its module and gives the ``ignored_layers`` entry that keeps those channels whole.
+
+A channel-flow probe (:func:`filterprune.graph.check.probe_channel_flow`) then verifies every
+prunable group by perturbation.
 
 >>> from filterprune.models import create_model
 >>> groups = trace_groups(create_model("resnet20"), torch.randn(1, 3, 32, 32))
@@ -22,154 +34,42 @@ Where the trace cannot be trusted we refuse with :class:`PruningError` instead o
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 
-import torch
-import torch_pruning as tp
 from torch import nn
 from torch_pruning import ops as tp_ops
-from torch_pruning.pruner.function import BasePruningFunc
 
 from ..errors import PruningError
 from ..types import NORM_LAYERS
-from ..utils.modes import modes_kept
+from ._record import OpRecorder, describe
+from ._ties import merge_coupled, tie_channels
+from ._tpgraph import Inputs, build_graph, first_sample, flat_outputs, forward, map_tensors
 from .groups import ChannelGroup, Member
-from .ops import LayerOp, layer_op, opaque_forward
+from .ops import layer_op
 from .surgery import dim_size, is_depthwise
+
+__all__ = ["PASS_THROUGH", "Inputs", "first_sample", "flat_outputs", "forward", "is_mixer", "map_tensors",
+           "trace_groups"]
 
 logger = logging.getLogger(__name__)
 
-Inputs = torch.Tensor | tuple | list | dict
-
 # Modules whose channel dims we know how to slice (surgery.py) and mask (masking.py).
 PASS_THROUGH = (*NORM_LAYERS, nn.PReLU)
-_REFUSED_MODULES = (nn.GroupNorm, nn.LayerNorm, nn.MultiheadAttention, nn.RNNBase, nn.Embedding)
+_UNRESIZABLE = (nn.MultiheadAttention, nn.RNNBase, nn.Embedding)
 # grad_fn names (lower case) of ops that move channels or that we cannot follow.
-_MOVING_OPS = ("transpose", "permute", "pixelshuffle", "pixelunshuffle", "channelshuffle", "index",
-               "gather", "scatter", "roll", "unknown", "bmm", "matmul", "einsum")
+_MOVING_OPS = ("index", "gather", "scatter", "roll", "flip", "unknown", "bmm", "matmul", "einsum", "mm")
+_OWN_OPS = (nn.Linear, nn.modules.conv._ConvNd)
+_REGROUPING_OPS = ("pixelshuffle", "pixelunshuffle", "channelshuffle", "nativechannelshuffle")
 _REDUCTIONS = ("mean", "sum", "amax", "amin", "max", "min", "std", "var", "softmax", "logsoftmax",
                "norm", "cumsum", "prod", "logsumexp")
 
 
-class _OpPruner(BasePruningFunc):
-    """Tells torch-pruning the channel widths of a registered :class:`~filterprune.graph.ops.LayerOp`
-    (separate input and output dims). Torch-pruning never prunes with it: surgery is ours."""
-
-    def __init__(self, op: LayerOp) -> None:
-        super().__init__()
-        self.op = op
-
-    def prune_out_channels(self, layer: nn.Module, idxs) -> nn.Module:
-        raise NotImplementedError("filterprune's surgery resizes registered layers")
-
-    def prune_in_channels(self, layer: nn.Module, idxs) -> nn.Module:
-        raise NotImplementedError("filterprune's surgery resizes registered layers")
-
-    def get_out_channels(self, layer: nn.Module) -> int:
-        return self.op.out_channels(layer)
-
-    def get_in_channels(self, layer: nn.Module) -> int:
-        return self.op.in_channels(layer)
-
-
-def _custom_pruners(model: nn.Module) -> dict[type, BasePruningFunc]:
-    return {type(m): _OpPruner(op) for m in model.modules() if (op := layer_op(m)) is not None}
-
-
-def forward(model: nn.Module, inputs: Inputs):
-    """Call ``model`` on a tensor, a tuple/list of positional inputs, or a dict of keyword inputs."""
-    if isinstance(inputs, dict):
-        return model(**inputs)
-    if isinstance(inputs, (tuple, list)):
-        return model(*inputs)
-    return model(inputs)
-
-
 def is_mixer(m: nn.Module) -> bool:
     """A layer whose input and output channels are separate dims (a conv that is not depthwise, a
-    Linear, a shortcut): channels end at its input and new ones start at its output."""
+    Linear, a registered layer op): channels end at its input and new ones start at its output."""
     return (isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)) or layer_op(m) is not None) and not is_depthwise(m)
-
-
-@contextlib.contextmanager
-def _tracing(model: nn.Module) -> Iterator[None]:
-    """Grad on, registered layer ops opaque, train/eval flags restored afterwards (torch-pruning sets eval)."""
-    patched = [m for m in model.modules() if layer_op(m) is not None]
-    for m in patched:
-        m.forward = opaque_forward(m)
-    try:
-        with modes_kept(model), torch.enable_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for m in patched:
-            del m.forward
-
-
-def map_tensors(inputs: Inputs, fn) -> Inputs:
-    """``inputs`` with ``fn`` applied to every tensor in it (tensors, tuples/lists, dicts)."""
-    if isinstance(inputs, torch.Tensor):
-        return fn(inputs)
-    if isinstance(inputs, dict):
-        return {k: map_tensors(v, fn) for k, v in inputs.items()}
-    if isinstance(inputs, (tuple, list)):
-        return type(inputs)(map_tensors(v, fn) for v in inputs)
-    return inputs
-
-
-def first_sample(inputs: Inputs) -> Inputs:
-    """The first sample of a batch (dim 0 of every tensor), as a batch of one."""
-    return map_tensors(inputs, lambda t: t[:1])
-
-
-def flat_outputs(out) -> list[torch.Tensor]:
-    """Every tensor in a model's output (a tensor, or nested tuples/lists/dicts of them)."""
-    if isinstance(out, torch.Tensor):
-        return [out]
-    if isinstance(out, dict):
-        out = list(out.values())
-    if isinstance(out, (tuple, list)):
-        return [t for o in out for t in flat_outputs(o)]
-    return []
-
-
-def _requiring_grad(inputs: Inputs) -> Inputs:
-    """Float inputs that require grad, so layers with frozen weights are traced too (cloned: not a
-    leaf, so a model may still edit its input in place)."""
-    return map_tensors(inputs, lambda t: t.detach().requires_grad_(True).clone() if t.is_floating_point() else t)
-
-
-def build_graph(model: nn.Module, example_inputs: Inputs) -> tuple[tp.DependencyGraph, set[nn.Module]]:
-    """Torch-pruning's dependency graph of ``model`` on one sample of ``example_inputs``, and the
-    modules whose output tensor is itself a model output (torch-pruning adds no output node there)."""
-    produced: dict[int, nn.Module] = {}
-    outputs: set[nn.Module] = set()
-
-    def record(module, inputs, out):
-        if isinstance(out, torch.Tensor):
-            produced[id(out)] = module
-
-    def run(m, x):
-        # Our own forward_fn: torch-pruning's default first tries model(*x), which for a single tensor
-        # unpacks the batch, and for a batch of one silently traces an unbatched call.
-        out = forward(m, x)
-        outputs.update(produced[id(t)] for t in flat_outputs(out) if id(t) in produced)
-        return out
-
-    hooks = [m.register_forward_hook(record) for m in model.modules() if m is not model]
-    try:
-        with _tracing(model):
-            dg = tp.DependencyGraph().build_dependency(
-                model, _requiring_grad(first_sample(example_inputs)), forward_fn=run,
-                customized_pruners=_custom_pruners(model), verbose=False,
-            )
-    finally:
-        for h in hooks:
-            h.remove()
-    return dg, outputs
 
 
 def _resolve_names(model: nn.Module, layers: Iterable[str | nn.Module] | None) -> set[str]:
@@ -192,57 +92,93 @@ def _wrap_dim(d: int, ndim: int) -> int:
     return d + ndim if d < 0 else d
 
 
-def _refusal(node, where: str) -> str | None:
-    """Why an op node on a channel path makes the trace untrustworthy, or None."""
+def _op_issue(node, rec: OpRecorder, model: nn.Module) -> tuple[str, str] | None:
+    """``("keep" | "refuse", why)`` for an op node on a channel path, or None if it is harmless."""
     op, grad_fn = node.module, node.grad_fn
-    if isinstance(op, (tp_ops._SplitOp, tp_ops._UnbindOp)):
-        return f"a split/chunk/unbind of the channel axis ({where})"
-    if isinstance(op, tp_ops._SliceOp) and op.dim == 1:
-        return f"a slice of the channel axis ({where})"
+    info = rec.info.get(grad_fn) if grad_fn is not None else None
     name = grad_fn.name().lower() if grad_fn is not None and hasattr(grad_fn, "name") else "unknown"
-    if isinstance(op, tp_ops._ConcatOp) and getattr(grad_fn, "_saved_dim", 1) != 1:
-        return f"a concat along a non-channel axis ({where})"
+    where = describe(info, model, f"{grad_fn.name() if grad_fn is not None else 'an op'}")
+    if isinstance(op, (tp_ops._SplitOp, tp_ops._UnbindOp, tp_ops._SliceOp)):
+        if info is not None and not info.touches and isinstance(op, tp_ops._SliceOp):
+            return None  # a slice of a spatial axis
+        return "keep", f"{where} cuts the channel axis into pieces of fixed size"
+    if isinstance(op, tp_ops._ConcatOp):
+        dim = getattr(grad_fn, "_saved_dim", 1)
+        axis = info.axis if info is not None and info.axis is not None else 1
+        ndim = len(info.out_shape) if info is not None else 4
+        return None if _wrap_dim(int(dim), ndim) == axis else ("keep", f"{where} concatenates along a non-channel axis")
+    if isinstance(op, tp_ops._ReshapeOp):
+        if info is not None and info.axis is None and len(info.out_shape) != 2:
+            return "refuse", f"{where} reshapes the channel axis (a channel shuffle?)"
+        return None
     if not isinstance(op, tp_ops._ElementWiseOp) or not node.inputs:
         return None  # no inputs: an op on a weight (Linear's transpose), not on the data path
-    if any(k in name for k in _MOVING_OPS):
-        label = "a channel shuffle / transpose" if "transpose" in name or "permute" in name else "an op"
-        return f"{label} {grad_fn.name()} ({where})"
-    if name.removesuffix("backward0").removesuffix("backward1").rstrip("_") in _REDUCTIONS:
+    if info is None and node.outputs and all(isinstance(o.module, _OWN_OPS) for o in node.outputs):
+        return None  # a Linear's own matmul/reshape on a (B, ..., C) input
+    base = name.removesuffix("backward0").removesuffix("backward1").rstrip("_")
+    if "transpose" in name or "permute" in name:
+        if info is not None and info.axis is not None:
+            return None  # moves the channel axis (to channels-last and back): indices unchanged
+        return "refuse", f"{where} transposes the channel axis into another one (a channel shuffle?)"
+    if any(k in base for k in _REGROUPING_OPS):
+        return "keep", f"{where} regroups channels (use nn.PixelShuffle to prune through a pixel shuffle)"
+    if base in _REDUCTIONS:
+        if info is not None:
+            return ("keep", f"{where} reduces over the channels") if info.touches else None
         dims = getattr(grad_fn, "_saved_dim", None)
-        sizes = getattr(grad_fn, "_saved_self_sym_sizes", None)
-        ndim = len(sizes) if sizes is not None else 4
         dims = (dims,) if isinstance(dims, int) else dims
-        if dims is None or 1 in {_wrap_dim(int(d), ndim) for d in dims}:
-            return f"a reduction over channels {grad_fn.name()} ({where})"
+        if dims is None or 1 in {_wrap_dim(int(d), 4) for d in dims}:
+            return "keep", f"{where} reduces over the channels"
+        return None
+    if any(k in base for k in _MOVING_OPS) or (info is not None and info.touches):
+        return "refuse", f"{where} moves or selects channels in a way the trace cannot follow"
     return None
 
 
-def _convert(dg, tp_group, root: nn.Module, size: int, names: dict) -> tuple[list[Member], bool, str]:
+def _module_issue(target: nn.Module, name: str) -> tuple[str, str] | None:
+    kind = type(target).__name__
+    if isinstance(target, nn.LayerNorm):
+        return "keep", f"{name} (LayerNorm) normalizes over the channels"
+    if isinstance(target, nn.GroupNorm):
+        return "keep", f"{name} (GroupNorm) normalizes over groups of channels"
+    if isinstance(target, _UNRESIZABLE) or not (
+        isinstance(target, (nn.modules.conv._ConvNd, nn.Linear, *PASS_THROUGH)) or layer_op(target) is not None
+    ):
+        return "refuse", (f"{name} ({kind}) sits on a channel path and the engine cannot resize it "
+                          f"(register a LayerOp for {kind} with fp.register_layer_op)")
+    return None
+
+
+def _convert(dg, rec, model, tp_group, root: nn.Module, size: int, names: dict):
     """Our members from a torch-pruning group rooted at ``root``, whether it reaches a model output,
-    and why the trace cannot be trusted (empty if it can)."""
+    and the issues found on its path: ``(members, reaches_output, keep_reasons, refusals)``."""
     per_member: dict[tuple[str, str], tuple[str, list[set[int]]]] = {}
     reaches_output = False
-    root_name = names[root]
-    refusal = ""
+    keep: list[str] = []
+    refuse: list[str] = []
+    out_of_range: list[str] = []
     for item in tp_group:
         dep, target = item.dep, item.dep.target.module
-        where = f"{dep.source.name.split(' (')[0]} -> {dep.target.name.split(' (')[0]}"
         if isinstance(target, nn.Parameter):
-            refusal = refusal or (f"a bare nn.Parameter ({dg._param_to_name.get(target, '?')}) sits on a channel "
-                                  "path; the engine cannot prune it")
+            pname = dg._param_to_name.get(target, "?")
+            owner = pname.rpartition(".")[0]
+            kind = type(model.get_submodule(owner)).__name__ if owner else type(model).__name__
+            refuse.append(f"{kind} {owner or 'model'} computes with its own nn.Parameter {pname!r} on a channel "
+                          f"path (register a LayerOp for {kind} with fp.register_layer_op)")
             continue
         if isinstance(target, tp_ops._OutputOp):
             reaches_output = True
             continue
         if target not in names or type(target).__module__.startswith("torch_pruning"):
-            reason = _refusal(item.dep.target, where)
-            refusal = refusal or (f"cannot prune through {reason}" if reason else "")
+            issue = _op_issue(dep.target, rec, model)
+            if issue is not None:
+                (keep if issue[0] == "keep" else refuse).append(issue[1])
             continue
-        if isinstance(target, _REFUSED_MODULES) or not (
-            isinstance(target, (nn.modules.conv._ConvNd, nn.Linear, *PASS_THROUGH)) or layer_op(target) is not None
-        ):
-            refusal = refusal or (f"{names[target]} ({type(target).__name__}) sits on a channel path and the "
-                                  "engine cannot prune it")
+        if isinstance(target, nn.PReLU) and target.num_parameters == 1:
+            continue  # one slope shared by every channel: nothing of its own to resize
+        issue = _module_issue(target, names[target])
+        if issue is not None:
+            (keep if issue[0] == "keep" else refuse).append(issue[1])
             continue
         passes = isinstance(target, PASS_THROUGH) or is_depthwise(target)
         kind = "out" if passes or dg.is_out_channel_pruning_fn(dep.handler) else "in"
@@ -251,30 +187,40 @@ def _convert(dg, tp_group, root: nn.Module, size: int, names: dict) -> tuple[lis
         limit = dim_size(target, kind)
         for idx, root_idx in zip(item.idxs, item.root_idxs, strict=True):
             if not 0 <= idx < limit or not 0 <= root_idx < size:
-                raise PruningError(f"group {root_name}: traced index {idx} is outside {names[target]}'s "
-                                   f"{kind} dim of {limit}; the trace cannot be trusted")
+                out_of_range.append(f"the trace maps channel {root_idx} to index {idx} of {names[target]} "
+                                    f"({type(target).__name__}, {kind} width {limit})")
+                break
             slots[root_idx].add(int(idx))
+    if not keep:
+        refuse += out_of_range[:1]
     order = {n: i for i, n in enumerate(names.values())}
+    root_name = names[root]
     keys = sorted(per_member, key=lambda k: (k != (root_name, "out"), order[k[0]], k[1]))
     members = [Member(name, kind, per_member[(name, kind)][0], tuple(tuple(sorted(s)) for s in per_member[(name, kind)][1]))
                for name, kind in keys]
-    return members, reaches_output, refusal
+    return members, reaches_output, keep, refuse
 
 
 def _not_prunable_reason(model, members, reaches_output, ignored: set[str], classifier: str | None) -> str:
     if reaches_output:
         return "its channels are a model output"
     for m in members:
-        module = model.get_submodule(m.module)
         if m.kind == "out" and m.module in ignored:
             return f"{m.module} is ignored"
         if m.kind == "out" and m.module == classifier:
             return f"{m.module} is the classifier"
-        if isinstance(module, nn.modules.conv._ConvNd) and module.groups > 1 and not is_depthwise(module):
-            return f"{m.module} is a grouped conv (groups={module.groups})"
     if not any(m.kind == "out" and is_mixer(model.get_submodule(m.module)) for m in members):
         return "its channels come from the model input"
     return ""
+
+
+def _refusal_message(refused: list[tuple[str, str]]) -> str:
+    """One line: the first reason, and the ``ignored_layers`` entry for every refused group."""
+    gid, why = refused[0]
+    roots = sorted({g for g, _ in refused})
+    more = f" (and {len(refused) - 1} more)" if len(refused) > 1 else ""
+    return (f"group {gid}: cannot prune through {why}{more}; to keep these channels whole pass "
+            f"ignored_layers={roots!r}")
 
 
 def trace_groups(
@@ -288,17 +234,20 @@ def trace_groups(
 
     A group's id is the qualified name of its root: the first layer in module order that produces its
     channels. Groups whose output channels must stay (the last Linear, ``ignored_layers``, anything
-    that is a model output, grouped convs) are returned with ``prunable=False``.
+    that is a model output, channels an op needs whole) are returned with ``prunable=False`` and a
+    ``reason``.
 
     Args:
         model: the network; left unchanged (its train/eval flags included).
-        example_inputs: a batch the model accepts (tensor, tuple of positional inputs, or dict).
+        example_inputs: a batch the model accepts (tensor, tuple of positional inputs, or dict of
+            keyword inputs).
         ignored_layers: modules or qualified names whose output channels must not be pruned.
         probe: also verify the trace by perturbing channels and watching where they arrive
             (a few cheap forward passes); turn off only for speed on models already checked.
 
     Raises:
-        PruningError: the model contains an op or layer the trace cannot be trusted through.
+        PruningError: an op or layer on a channel path that the trace cannot be trusted through; the
+            message names it and the ``ignored_layers`` entry that keeps those channels whole.
         ValueError: an ignored layer is not part of the model.
     """
     ignored = _resolve_names(model, ignored_layers)
@@ -306,9 +255,9 @@ def trace_groups(
     order = {n: i for i, n in enumerate(names.values())}
     linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
     classifier = linears[-1] if linears else None
-    dg, output_modules = build_graph(model, example_inputs)
+    dg, output_modules, rec = build_graph(model, example_inputs)
     groups: dict[str, ChannelGroup] = {}
-    unchecked: set[str] = set()  # groups the user keeps whole: not refused, not probed
+    refused: list[tuple[str, str]] = []
     roots = (nn.modules.conv._ConvNd, nn.Linear, *{type(m) for m in names if layer_op(m) is not None})
     for tp_group in dg.get_all_groups(root_module_types=roots):
         outs = [it.dep.target.module for it in tp_group
@@ -316,29 +265,36 @@ def trace_groups(
                 and isinstance(it.dep.target.module, roots)]
         producers = [m for m in outs if is_mixer(m)] or outs
         root = min(producers, key=lambda m: order[names[m]])
+        if names[root] in groups:
+            continue
         pruner = dg.get_pruner_of_module(root)
         size = dim_size(root, "out")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             regroup = dg.get_pruning_group(root, pruner.prune_out_channels, list(range(size)))
-        members, reaches_output, refusal = _convert(dg, regroup, root, size, names)
+        members, reaches_output, keep, refuse = _convert(dg, rec, model, regroup, root, size, names)
         reaches_output |= any(model.get_submodule(m.module) in output_modules for m in members if m.kind == "out")
         reason = _not_prunable_reason(model, members, reaches_output, ignored, classifier)
-        user_ignored = any(m.kind == "out" and m.module in ignored for m in members)
-        if refusal:
-            if not user_ignored:
-                raise PruningError(f"group {names[root]}: {refusal}; add its layers to ignored_layers to keep them")
-            reason = f"{reason}; {refusal}"
-        group = ChannelGroup(names[root], size, tuple(members), prunable=not reason, reason=reason,
-                             reaches_output=reaches_output)
-        if group.id not in groups:
-            groups[group.id] = group
-            if user_ignored:
-                unchecked.add(group.id)
+        user_ignored = any(m.kind == "out" and m.module in ignored for m in members) or names[root] in ignored
+        group = ChannelGroup(names[root], size, tuple(members), reaches_output=reaches_output)
+        if refuse and not user_ignored:
+            refused.append((names[root], refuse[0]))
+        elif refuse or keep:
+            reason = "; ".join(([reason] if reason else []) + (refuse or keep)[:1])
+        groups[group.id] = ChannelGroup(group.id, group.size, group.members, prunable=not reason, reason=reason,
+                                        reaches_output=reaches_output)
+    if refused:
+        raise PruningError(_refusal_message(refused))
+    pairs = merge_coupled(model, groups)
+    for gid, group in list(groups.items()):
+        if group.prunable:
+            tied, why = tie_channels(model, group, pairs.get(gid, ()))
+            groups[gid] = tied if not why else ChannelGroup(gid, group.size, group.members, False, why,
+                                                           group.reaches_output)
     result = sorted(groups.values(), key=lambda g: order[g.id])
     logger.debug("traced %d groups (%d prunable)", len(result), sum(g.prunable for g in result))
     if probe:
         from .check import probe_channel_flow
 
-        probe_channel_flow(model, example_inputs, [g for g in result if g.id not in unchecked])
+        probe_channel_flow(model, example_inputs, [g for g in result if g.prunable])
     return result

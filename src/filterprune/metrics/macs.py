@@ -10,9 +10,14 @@ What is counted (the convention of the pruning papers, e.g. ResNet-20 on CIFAR =
 * FLOPs = 2 x MACs; this module only speaks MACs.
 
 MACs are per sample: the batch's MACs divided by the batch size (dim 0 of the first input tensor).
-They are collected with forward hooks on leaf modules, so compute done with functional calls
-(``F.conv2d``, ``x @ w``) inside a module's ``forward`` is **not** seen; ``torch.utils.flop_counter``
-sees those and serves as the cross-check in the tests. A module called twice is counted twice.
+Per layer (:func:`layer_table`) they are collected with forward hooks on leaf modules. The total of
+:func:`count` is what torch actually executes: the same forward pass runs under a
+``TorchFunctionMode`` that counts every convolution, ``linear`` and matmul call (:class:`_Executed`),
+so compute done with functional calls inside a module's ``forward`` (``F.conv2d`` on the module's own
+kernels, ``x @ w``) is counted too, and a pruning target in MACs is met on the real network. The
+larger of the two totals is returned (they agree on every model made of modules; the tests check both
+against ``torch.utils.flop_counter.FlopCounterMode``, which is not used here because entering it
+imports ``torch._dynamo``, several seconds per process). A module called twice is counted twice.
 
 Params are every parameter of the model, trainable or frozen, counted once even when shared.
 Buffers (BN running statistics, PadShortcut's index) are not parameters.
@@ -26,6 +31,7 @@ from collections.abc import Callable
 from typing import Any, TypedDict
 
 from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
 
 from ..utils.modes import evaluating
 
@@ -87,8 +93,41 @@ def _width(module: nn.Module, t: Tensor, side: str) -> int:
     return int(t.shape[1]) if t.dim() > 1 else int(t.shape[-1]) if t.dim() else 1
 
 
-def _as_tuple(example_inputs: Tensor | tuple[Any, ...] | list[Any]) -> tuple[Any, ...]:
-    return tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
+class _Executed(TorchFunctionMode):
+    """MACs of every convolution, linear and matmul call made while active (whole batch).
+
+    Function-level, so a module's own ``F.conv2d``/``F.linear`` is seen once (calls inside a handled
+    call do not reach the mode again).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.macs = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001 - torch protocol
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        name = getattr(func, "__name__", "").strip("_")
+        tensors = [a for a in args if isinstance(a, Tensor)]
+        if isinstance(out, Tensor) and len(tensors) >= 2:
+            x, w = tensors[0], tensors[1]
+            if name.startswith("conv_transpose"):  # every input element scattered into C_out/g * k outputs
+                self.macs += x.numel() * w.shape[1] * math.prod(w.shape[2:])
+            elif name.startswith("conv"):  # every output element: C_in/g * k MACs
+                self.macs += out.numel() * w.shape[1] * math.prod(w.shape[2:])
+            elif name in ("linear", "matmul", "mm", "bmm", "rmatmul"):
+                inner = w.shape[-1] if name == "linear" else (x.shape[-1] if name != "rmatmul" else w.shape[-1])
+                self.macs += out.numel() * inner
+            elif name in ("addmm", "baddbmm", "addbmm") and len(tensors) >= 3:
+                self.macs += out.numel() * tensors[1].shape[-1]
+        return out
+
+
+def _call(model: nn.Module, inputs: Any) -> Any:
+    """A tensor, a tuple/list of positional inputs, or a dict of keyword inputs."""
+    if isinstance(inputs, dict):
+        return model(**inputs)
+    return model(*inputs) if isinstance(inputs, (tuple, list)) else model(inputs)
 
 
 def _first_tensor(obj: Any) -> Tensor | None:
@@ -98,14 +137,14 @@ def _first_tensor(obj: Any) -> Tensor | None:
     return next((t for t in map(_first_tensor, items) if t is not None), None)
 
 
-def _batch_size(inputs: tuple[Any, ...]) -> int:
+def _batch_size(inputs: Any) -> int:
     first = _first_tensor(inputs)
     if first is None or first.dim() == 0:
         raise ValueError("example_inputs must contain a batched tensor (dim 0 = batch)")
     return int(first.shape[0])
 
 
-def layer_table(model: nn.Module, example_inputs: Tensor | tuple[Any, ...]) -> list[LayerRow]:
+def layer_table(model: nn.Module, example_inputs: Tensor | tuple[Any, ...] | dict[str, Any]) -> list[LayerRow]:
     """Per leaf module, in the order of first call: name, type, in/out width, MACs, own parameters.
 
     Runs one forward in eval mode under ``torch.no_grad`` (the model's modes are restored). Leaf
@@ -114,7 +153,8 @@ def layer_table(model: nn.Module, example_inputs: Tensor | tuple[Any, ...]) -> l
 
     Args:
         model: the network.
-        example_inputs: a batched input (a tensor, or a tuple of positional inputs).
+        example_inputs: a batched input (a tensor, a tuple of positional inputs, or a dict of
+            keyword inputs).
 
     Returns:
         ``{"name", "type", "in", "out", "macs", "params"}`` per leaf module; ``macs`` is per sample.
@@ -123,8 +163,12 @@ def layer_table(model: nn.Module, example_inputs: Tensor | tuple[Any, ...]) -> l
     >>> [(r["name"], r["in"], r["out"], r["macs"], r["params"]) for r in rows]
     [('0', 3, 8, 13824, 224), ('1', 8, 8, 0, 0)]
     """
-    inputs = _as_tuple(example_inputs)
-    batch = _batch_size(inputs)
+    return _measure(model, example_inputs)[0]
+
+
+def _measure(model: nn.Module, example_inputs: Any) -> tuple[list[LayerRow], int]:
+    """Rows of :func:`layer_table` and the per-sample MACs the FLOP counter saw, from one forward."""
+    batch = _batch_size(example_inputs)
     rows: dict[str, dict[str, Any]] = {}
     handles = []
 
@@ -149,14 +193,14 @@ def layer_table(model: nn.Module, example_inputs: Tensor | tuple[Any, ...]) -> l
         for name, module in model.named_modules():
             if next(module.children(), None) is None:  # leaf (a childless model is its own leaf)
                 handles.append(module.register_forward_hook(hook(name or type(module).__name__, module)))
-        with evaluating(model):
-            model(*inputs)
+        with evaluating(model), _Executed() as executed:
+            _call(model, example_inputs)
     finally:
         for h in handles:
             h.remove()
     for row in rows.values():
         row["macs"] = row["macs"] // batch
-    return [LayerRow(**r) for r in rows.values()]
+    return [LayerRow(**r) for r in rows.values()], executed.macs // batch
 
 
 def count_params(model: nn.Module) -> int:
@@ -164,18 +208,23 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def count(model: nn.Module, example_inputs: Tensor | tuple[Any, ...]) -> tuple[int, int]:
+def count(model: nn.Module, example_inputs: Tensor | tuple[Any, ...] | dict[str, Any]) -> tuple[int, int]:
     """``(MACs per sample, params)`` of ``model`` (see the module docstring for what is counted).
 
     Args:
         model: the network; left as it was (one eval-mode forward under ``no_grad``).
-        example_inputs: a batched input (a tensor, or a tuple of positional inputs).
+        example_inputs: a batched input (a tensor, a tuple of positional inputs, or a dict of
+            keyword inputs).
 
     >>> conv = nn.Conv2d(3, 8, 3, padding=1, bias=False)
     >>> count(conv, torch.zeros(2, 3, 4, 4))  # 8*4*4 outputs x 3*3*3 MACs; 8*3*3*3 weights
     (3456, 216)
     """
-    macs = sum(r["macs"] for r in layer_table(model, example_inputs))
+    rows, executed = _measure(model, example_inputs)
+    hooked = sum(r["macs"] for r in rows)
+    macs = max(hooked, executed)
     params = count_params(model)
+    if executed > hooked:
+        logger.debug("count: %d MACs in functional calls that no layer hook saw", executed - hooked)
     logger.debug("count: %d MACs, %d params", macs, params)
     return macs, params
