@@ -221,3 +221,30 @@ def test_digest_is_checked_on_training_checkpoints_too(tmp_path):
     path.write_bytes(bytes(data))
     with pytest.raises(Exception, match="sha256"):
         read_checkpoint(path)
+
+
+class _Evil:
+    """Unpickling this runs ``os.system`` (a file appears): the side effect that must never happen."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".th", ".safetensors"])
+def test_a_malicious_pickle_is_never_executed(tmp_path, capsys, suffix):
+    """A foreign weights file whose pickle runs code: refused in one line, the code never runs
+    (``.pt``/``.th``: ``torch.load(weights_only=True)``; ``.safetensors``: never unpickled at all)."""
+    marker = tmp_path / "pwned"
+    path = tmp_path / f"evil{suffix}"
+    torch.save({"conv1.weight": _Evil(str(marker))}, path)
+    before = _snapshot(tmp_path)
+    code = main(["info", "--model", "resnet20", "--weights", str(path)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and str(path) in err[0], err
+    assert not marker.exists()
+    assert _snapshot(tmp_path) == before

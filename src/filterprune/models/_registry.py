@@ -12,7 +12,22 @@ MODELS: Registry[nn.Module] = Registry("model")
 
 
 def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-    """Register a model entrypoint under its function name (``resnet20``, ``vgg16_bn``...)."""
+    """Register a model entrypoint under its function name (``resnet20``, ``vgg16_bn``, or yours).
+
+    ``create_model(name, **kwargs)`` then builds it and records ``{"name": name, **kwargs}`` on the
+    model (``filterprune_cfg``), which :func:`filterprune.save` stores, so :func:`filterprune.load`
+    rebuilds the model by name. The registry lives in the process: the module holding the decorator
+    must be imported (e.g. by your script) before ``load`` in every process. The keyword arguments must
+    be JSON scalars (numbers, strings, booleans). Without registration, ``load(path, model=MyNet())``
+    loads into an instance you build.
+
+    >>> import torch
+    >>> @register_model
+    ... def doc_tiny_net(num_classes: int = 10) -> nn.Module:
+    ...     return nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.Linear(4 * 6 * 6, num_classes))
+    >>> create_model("doc_tiny_net", num_classes=3).filterprune_cfg
+    {'name': 'doc_tiny_net', 'num_classes': 3}
+    """
     return MODELS.register()(fn)
 
 
