@@ -37,7 +37,7 @@ def _pruned(cls, x, criterion="l1", ratio=0.4, **kw):
     return model.eval()
 
 
-@pytest.mark.parametrize("name, criterion", [("TinyResNet", "l1"), ("FlatNet", "random")])
+@pytest.mark.parametrize("name, criterion", [("TinyResNet", "l1"), ("FlatNet", "l1"), ("FlatNet", "random")])
 def test_pruned_user_model_round_trip(tmp_path, usernets, name, criterion):
     cls, x = getattr(usernets, name), torch.randn(2, 1, 8, 8)
     model = _pruned(cls, x, criterion)
@@ -62,6 +62,19 @@ def test_every_resizable_layer_kind_round_trips(tmp_path, usernets):
         8, 4, 8, (4,))
     with torch.no_grad():
         assert torch.equal(loaded(x), narrow(x))
+
+
+@pytest.mark.parametrize("criterion", ["l1", "random"])
+def test_pruned_norm_zoo_round_trips(tmp_path, usernets, criterion):
+    """Pruned by the engine through GroupNorm, a grouped conv, PReLU(C), InstanceNorm and LayerNorm."""
+    torch.manual_seed(0)
+    model, x = usernets.NormZoo().eval(), torch.randn(4, 3, 8, 8)
+    fp.prune(model, x, criterion, target_macs=0.3)
+    assert model.act.num_parameters < 16  # the PReLU followed its conv
+    loaded = fp.load(fp.save(model, tmp_path / "z.safetensors", example_inputs=x), model=usernets.NormZoo())
+    assert {k: v.shape for k, v in loaded.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
 
 
 def test_new_process_loads_into_a_fresh_instance(tmp_path, usernets):
