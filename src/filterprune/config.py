@@ -260,6 +260,11 @@ def from_dict(cls: type[C], data: dict[str, Any], prefix: str = "") -> C:
 
 
 def load_yaml(cls: type[C], path: PathLike) -> C:
+    """Read a YAML file into the config dataclass ``cls``, validating keys and types.
+
+    Raises:
+        ValueError: unreadable file, not a mapping, or an unknown key / wrong type (named).
+    """
     try:
         data = yaml.safe_load(Path(path).read_text()) or {}
     except (OSError, yaml.YAMLError) as e:
@@ -270,6 +275,7 @@ def load_yaml(cls: type[C], path: PathLike) -> C:
 
 
 def dump_yaml(cfg: Any, path: PathLike) -> None:
+    """Write ``cfg`` (a config dataclass) to ``path`` as YAML, fields in declaration order."""
     Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 

@@ -41,6 +41,7 @@ class InputSpec:
     fixed_size: bool = True
 
     def describe(self) -> str:
+        """``"3x32x32 images and 10 classes"``: the spec in words, for error messages."""
         c, s = self.in_chans, self.image_size
         classes = f" and {self.num_classes} classes" if self.num_classes is not None else ""
         return f"{c}x{s}x{s} images{classes}"

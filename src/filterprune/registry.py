@@ -25,6 +25,11 @@ class Registry(Generic[T]):
         self._factories: dict[str, Callable[..., T]] = {}
 
     def register(self, name: str | None = None) -> Callable[[Callable[..., T]], Callable[..., T]]:
+        """Decorator: register a factory under ``name`` (default: its ``__name__``).
+
+        Raises:
+            ValueError: the name is registered already.
+        """
         def decorator(factory: Callable[..., T]) -> Callable[..., T]:
             key = name or factory.__name__
             if key in self._factories:
@@ -35,6 +40,11 @@ class Registry(Generic[T]):
         return decorator
 
     def get(self, name: str) -> Callable[..., T]:
+        """The factory registered as ``name``.
+
+        Raises:
+            ValueError: unknown name (the message lists the known ones).
+        """
         try:
             return self._factories[name]
         except KeyError:
@@ -42,9 +52,15 @@ class Registry(Generic[T]):
             raise ValueError(f"unknown {self.kind} {name!r}; known: {known}") from None
 
     def create(self, name: str, **kwargs) -> T:
+        """Call the factory registered as ``name`` with ``kwargs``.
+
+        Raises:
+            ValueError: unknown name.
+        """
         return self.get(name)(**kwargs)
 
     def names(self, pattern: str = "*") -> list[str]:
+        """Registered names matching the fnmatch ``pattern``, sorted."""
         return sorted(n for n in self._factories if fnmatch.fnmatch(n, pattern))
 
     def __contains__(self, name: str) -> bool:

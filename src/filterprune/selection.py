@@ -95,6 +95,7 @@ class SelectOptions:
             raise ValueError(f"max_ratio must be in (0, 1], got {self.max_ratio!r}")
 
     def targets(self) -> dict[str, float | None]:
+        """The three target fields by name (``None`` for the two not given)."""
         return {"ratio": self.ratio, "target_macs": self.target_macs, "target_params": self.target_params}
 
     @property
@@ -169,6 +170,7 @@ class CostModel:
         return 0.0, 2 * width if m.weight is not None else 0
 
     def totals(self) -> tuple[int, int]:
+        """(MACs per sample, parameters) of the model as measured, conv/Linear/norm layers only."""
         macs = params = 0.0
         for name in self.modules:
             mc, pc = self.cost(name)

@@ -10,6 +10,7 @@ import argparse
 
 
 def add_parser(sub) -> None:
+    """Register ``filterprune demo`` and its flags on the subcommand parsers ``sub``."""
     p = sub.add_parser("demo", help="train, prune and fine-tune a small ConvNet on digits", description=__doc__)
     p.add_argument("--criterion", default="l1", help="pruning criterion")
     p.add_argument("--target-macs", type=float, default=0.5, help="fraction of MACs to remove")
@@ -20,6 +21,11 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run the demo (train, prune, fine-tune on digits); returns the exit status, 0 on success.
+
+    Raises:
+        FilterpruneError: bad flags (checked before any work) or a failed stage; ``cli.main`` prints one line.
+    """
     import logging
 
     from ..workflows.demo import run_demo

@@ -9,6 +9,7 @@ from ._args import MODEL_HELP
 
 
 def add_parser(sub) -> None:
+    """Register ``filterprune eval`` and its flags on the subcommand parsers ``sub``."""
     p = sub.add_parser("eval", help="evaluate a model on validation or test data", description=__doc__)
     p.add_argument("--model", help=MODEL_HELP)
     p.add_argument("--weights", help="'auto', a .th/.pt file or a filterprune .safetensors checkpoint")
@@ -21,6 +22,11 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Print the accuracy (percent), loss and image count of a model on one split as JSON; returns 0.
+
+    Raises:
+        FilterpruneError, ValueError: bad flags, unreadable weights or data (one line from ``cli.main``).
+    """
     from ..workflows.info import evaluate_model
     from ._args import check_eval_args
 

@@ -8,6 +8,7 @@ from ._args import MODEL_HELP
 
 
 def add_parser(sub) -> None:
+    """Register ``filterprune info`` and its flags on the subcommand parsers ``sub``."""
     p = sub.add_parser("info", help="params, MACs and per-layer widths", description=__doc__)
     p.add_argument("--model", help=MODEL_HELP)
     p.add_argument("--weights", help="'auto', a .th/.pt file or a filterprune .safetensors checkpoint")
@@ -18,6 +19,11 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Print parameters, MACs and per-layer widths of a model (or the registered names); returns 0.
+
+    Raises:
+        FilterpruneError, ValueError: bad flags or unreadable weights (one line from ``cli.main``).
+    """
     from ..workflows.info import describe_model, registered
     from ._args import check_info_args
 

@@ -18,6 +18,7 @@ COMMANDS = (demo, train, evaluate, info, prune, export)
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``filterprune`` argument parser with every subcommand registered (one line per command)."""
     parser = Parser(
         prog="filterprune",
         description="Structured filter pruning for PyTorch CNNs (CAR, C-SGD, PLS+VIP and baselines).",
@@ -40,6 +41,11 @@ def one_line(e: BaseException) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``filterprune`` command: parse ``argv``, run the subcommand, return its exit status.
+
+    Errors the user can fix (``FilterpruneError``, ``ValueError``, missing or existing files) are
+    printed as one line on stderr with exit status 2 (``--debug`` re-raises them); Ctrl-C exits 130.
+    """
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:  # reported by the command's own parser, so the line names the command

@@ -38,6 +38,7 @@ from ._run import add_output_args, run_config
 
 
 def add_parser(sub) -> None:
+    """Register ``filterprune prune`` with flags generated from :class:`PruneRunConfig`."""
     p = sub.add_parser("prune", help="prune a trained model and fine-tune it", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     add_run_args(p, PruneRunConfig)
@@ -46,6 +47,9 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run one prune job (:func:`~filterprune.workflows.prune_run.run_prune`), print its table and a JSON
+    summary; returns 0.
+    """
     from ..workflows.prune_run import run_prune
 
     cfg = run_config(args, PruneRunConfig)

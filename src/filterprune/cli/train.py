@@ -17,6 +17,7 @@ from ._run import add_output_args, run_config
 
 
 def add_parser(sub) -> None:
+    """Register ``filterprune train`` with flags generated from :class:`RunConfig`."""
     p = sub.add_parser("train", help="train or fine-tune a model", description=__doc__,
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_run_args(p, RunConfig)
@@ -25,6 +26,9 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run one training job (:func:`~filterprune.train.run.run_training`) and print its summary as JSON;
+    returns 0.
+    """
     from ..train.run import run_training
 
     cfg = run_config(args, RunConfig)

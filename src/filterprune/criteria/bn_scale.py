@@ -27,6 +27,11 @@ class BNScale(Criterion):
     """Sum of |gamma| over the group's BatchNorm layers."""
 
     def compute(self, ctx: ScoringContext) -> Scores:
+        """``(C,)`` per group: |gamma_c| of the group's BatchNorm members, summed over members.
+
+        Raises:
+            ValueError: a group has no affine normalisation layer to read.
+        """
         scores: Scores = {}
         with torch.no_grad():
             for group in ctx.prunable_groups():

@@ -245,6 +245,9 @@ class CAR(Criterion):
         return self.last_result
 
     def compute(self, ctx: ScoringContext) -> Scores:
+        """``(C,)`` per group: the CAR (accuracy drop in percentage points, loss increase as tie-break) of
+        removing each channel alone; see :meth:`analyze`.
+        """
         return self.analyze(ctx).scores(self.variant)
 
     def __repr__(self) -> str:

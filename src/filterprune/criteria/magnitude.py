@@ -50,6 +50,12 @@ class LpNorm(Criterion):
         self.include_consumers = include_consumers
 
     def compute(self, ctx: ScoringContext) -> Scores:
+        """``(C,)`` per group: sum over the group's conv/Linear members (with ``include_consumers``, their
+        input slices too) of the Lp norm of each channel's weights in that member.
+
+        Raises:
+            ScoringError: a group has no conv or Linear weights.
+        """
         kinds = ("out", "in") if self.include_consumers else ("out",)
         scores: Scores = {}
         with torch.no_grad():

@@ -141,6 +141,12 @@ class PLSVIP(Criterion):
         return blocks, torch.cat(owners)
 
     def compute(self, ctx: ScoringContext) -> Scores:
+        """``(C,)`` per group: the VIP of each filter's pooled-activation columns in a PLS model of the
+        labels (Jordao et al. 2018, arXiv 1810.07610), from ``ctx.data``.
+
+        Raises:
+            ScoringError: no data.
+        """
         from ..distributed import current_shard
 
         model, groups = ctx.model, ctx.prunable_groups()

@@ -30,6 +30,7 @@ class RandomScore(Criterion):
     """
 
     def compute(self, ctx: ScoringContext) -> Scores:
+        """``(C,)`` per group: i.i.d. U[0, 1) scores from a generator seeded by ``(ctx.seed, group id)``."""
         scores: Scores = {}
         for group in ctx.prunable_groups():
             seed = zlib.crc32(f"{ctx.seed}:{group.id}".encode())  # stable across runs and processes

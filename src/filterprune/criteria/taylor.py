@@ -62,6 +62,12 @@ class Taylor(Criterion):
         self.train_mode = train_mode
 
     def compute(self, ctx: ScoringContext) -> Scores:
+        """``(C,)`` per group: mean over ``ctx.num_batches`` batches of (sum_{s in S_c} w_s dL/dw_s)^2
+        (Molchanov et al. 2019, eq. 8); see the module docstring.
+
+        Raises:
+            ScoringError: no data.
+        """
         model = ctx.model
         groups = ctx.prunable_groups()
         kinds = ("out", "in") if self.include_consumers else ("out",)

@@ -88,10 +88,12 @@ class ArrayDataset:
 
     @property
     def num_classes(self) -> int:
+        """Number of classes (``len(classes)``)."""
         return len(self.classes)
 
     @property
     def in_chans(self) -> int:
+        """Image channels ``C`` of ``images`` ``(N, C, H, W)``."""
         return self.images.shape[1]
 
     @property

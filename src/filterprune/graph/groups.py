@@ -50,6 +50,9 @@ class ChannelGroup:
     reaches_output: bool = False
 
     def members_of(self, kind: str | None = None, module_type: str | None = None) -> list[Member]:
+        """The members of one ``kind`` (``"out"``/``"in"``) and/or ``module_type`` (``"BatchNorm2d"``...),
+        in member order; ``None`` matches any.
+        """
         return [
             m for m in self.members
             if (kind is None or m.kind == kind) and (module_type is None or m.module_type == module_type)
@@ -66,6 +69,7 @@ class PrunePlan:
     prune_idxs: dict[GroupId, list[int]] = field(default_factory=dict)
 
     def num_removed(self) -> int:
+        """Channels removed by the plan, summed over groups."""
         return sum(len(v) for v in self.prune_idxs.values())
 
     def keep_idxs(self, group: ChannelGroup) -> list[int]:

@@ -58,6 +58,7 @@ class Mask:
 
     @property
     def active(self) -> bool:
+        """Whether some slices are masked (not yet restored)."""
         return bool(self._saved)
 
 

@@ -119,6 +119,7 @@ def layer_op(module: nn.Module) -> LayerOp | None:
 
 
 def registered_types() -> tuple[type, ...]:
+    """The module types that have a registered :class:`LayerOp`, in registration order."""
     return tuple(_OPS)
 
 

@@ -142,9 +142,17 @@ class CentripetalSGD(TrainHook):
         return self._resolved[1]
 
     def no_weight_decay(self, model: nn.Module) -> set[str]:
+        """Qualified names of the clustered parameters: the optimizer must not decay them (the hook applies
+        its own decay matrix, Ding et al. 2019).
+        """
         return {f"{full}.{p.attr}" for p, (full, _) in zip(self.params, self._modules(model), strict=True)}
 
     def on_fit_start(self, model: nn.Module, optimizer: Any) -> None:
+        """Resolve the clustered parameters in ``model`` (wrappers allowed) before the first step.
+
+        Raises:
+            PruningError: the optimizer also applies weight decay to a clustered parameter.
+        """
         self._resolved = None
         decayed = {id(q) for g in getattr(optimizer, "param_groups", ()) if g.get("weight_decay", 0) > 0
                    for q in g["params"]}
@@ -179,6 +187,7 @@ class CentripetalSGD(TrainHook):
         return deviation(model, self.params)
 
     def on_epoch_end(self, model: nn.Module, epoch: int) -> dict[str, float]:
+        """Log and return the intra-cluster deviation after an epoch (kernel, vector, max relative)."""
         dev = self.deviation(model)
         logger.info("C-SGD epoch %d: deviation %.3g (kernels), %.3g (vectors), max relative %.3g",
                     epoch + 1, dev.kernel, dev.vector, dev.max_relative)

@@ -33,12 +33,16 @@ class PadShortcut(nn.Module):
         self.register_buffer("out_index", torch.arange(in_planes) + (out_planes - in_planes) // 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, C_in, H, W) -> (N, out_planes, H/stride, W/stride)``: subsample, then input channel ``i``
+        goes to output channel ``out_index[i]`` (dropped when -1); the other outputs are zero.
+        """
         x = x[:, :, :: self.stride, :: self.stride]
         keep = self.out_index >= 0
         out = x.new_zeros(x.shape[0], self.out_planes, x.shape[2], x.shape[3])
         return out.index_copy(1, self.out_index[keep], x[:, keep])
 
     def extra_repr(self) -> str:
+        """``in=.., out=.., stride=..`` for ``repr``."""
         return f"in={self.out_index.numel()}, out={self.out_planes}, stride={self.stride}"
 
 
@@ -47,15 +51,21 @@ class PadShortcutOp(LayerOp):
     """How the engine resizes a :class:`PadShortcut`: its widths live in ``out_index`` and ``out_planes``."""
 
     def out_channels(self, module: PadShortcut) -> int:
+        """The shortcut's output width (``out_planes``)."""
         return module.out_planes
 
     def in_channels(self, module: PadShortcut) -> int:
+        """The shortcut's input width (one ``out_index`` entry per input channel)."""
         return module.out_index.numel()
 
     def prune_in(self, module: PadShortcut, keep_idxs: torch.Tensor) -> None:
+        """Keep only the input channels ``keep_idxs`` (their entries of ``out_index``)."""
         module.out_index = module.out_index[keep_idxs.to(module.out_index.device)]
 
     def prune_out(self, module: PadShortcut, keep_idxs: torch.Tensor) -> None:
+        """Keep only the output channels ``keep_idxs``: inputs that fed a removed output are dropped (-1),
+        the others re-targeted to the output's new position.
+        """
         # new position of every old output channel (-1: removed), then re-target every input
         idx = module.out_index
         new_pos = torch.full((module.out_planes,), -1, dtype=idx.dtype, device=idx.device)
@@ -64,16 +74,22 @@ class PadShortcutOp(LayerOp):
         module.out_planes = len(keep_idxs)
 
     def mask_in(self, module: PadShortcut, idxs: torch.Tensor) -> list[tuple[torch.Tensor, int, float]]:
+        """Masking an input channel: its ``out_index`` entries (dim 0, at ``idxs``) are set to -1."""
         return [(module.out_index, 0, -1)]  # a dropped input lands nowhere
 
     def channel_map(self, module: PadShortcut) -> torch.Tensor:
+        """``(C_in,)``: the output channel each input channel lands in (-1: none)."""
         return module.out_index
 
     def channel_attrs(self, module: PadShortcut) -> dict[str, int]:
+        """The width attributes a checkpoint must restore: ``{"out_planes": ...}``."""
         return {"out_planes": int(module.out_planes)}
 
 
 class BasicBlock(nn.Module):
+    """conv3x3-BN-ReLU-conv3x3-BN plus a shortcut (identity, or option A :class:`PadShortcut` when the
+    stride or width changes), then ReLU (He et al. 2016, CIFAR variant, arXiv 1512.03385 sec. 4.2).
+    """
     def __init__(self, in_planes: int, mid_planes: int, out_planes: int, stride: int = 1) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_planes, mid_planes, 3, stride, 1, bias=False)
@@ -86,6 +102,7 @@ class BasicBlock(nn.Module):
             self.shortcut = nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, in_planes, H, W) -> (N, out_planes, H/stride, W/stride)``."""
         out = F.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
         return F.relu(out + self.shortcut(x))
@@ -122,6 +139,7 @@ class CifarResNet(nn.Module):
                 nn.init.kaiming_normal_(m.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``(N, num_classes)`` of images ``(N, in_chans, H, W)``."""
         x = F.relu(self.bn1(self.conv1(x)))
         x = self.layer3(self.layer2(self.layer1(x)))
         x = F.adaptive_avg_pool2d(x, 1).flatten(1)
@@ -130,24 +148,29 @@ class CifarResNet(nn.Module):
 
 @register_model
 def resnet20(**kwargs) -> CifarResNet:
+    """CIFAR ResNet-20 (3 stages of 3 blocks, widths 16/32/64, 0.27M params); see :class:`CifarResNet`."""
     return CifarResNet(20, **kwargs)
 
 
 @register_model
 def resnet32(**kwargs) -> CifarResNet:
+    """CIFAR ResNet-32 (3 stages of 5 blocks, widths 16/32/64); see :class:`CifarResNet`."""
     return CifarResNet(32, **kwargs)
 
 
 @register_model
 def resnet44(**kwargs) -> CifarResNet:
+    """CIFAR ResNet-44 (3 stages of 7 blocks, widths 16/32/64); see :class:`CifarResNet`."""
     return CifarResNet(44, **kwargs)
 
 
 @register_model
 def resnet56(**kwargs) -> CifarResNet:
+    """CIFAR ResNet-56 (3 stages of 9 blocks, widths 16/32/64, 0.85M params); see :class:`CifarResNet`."""
     return CifarResNet(56, **kwargs)
 
 
 @register_model
 def resnet110(**kwargs) -> CifarResNet:
+    """CIFAR ResNet-110 (3 stages of 18 blocks, widths 16/32/64); see :class:`CifarResNet`."""
     return CifarResNet(110, **kwargs)

@@ -43,11 +43,15 @@ class VGG(nn.Module):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``(N, num_classes)`` of images ``(N, in_chans, H, W)``."""
         return self.classifier(self.pool(self.features(x)).flatten(1))
 
 
 @register_model
 def vgg16_bn(**kwargs) -> VGG:
+    """VGG-16 with BatchNorm (13 convs, Simonyan & Zisserman 2015, arXiv 1409.1556); see
+    :class:`VGG`.
+    """
     return VGG(VGG16_CFG, **kwargs)
 
 
@@ -71,9 +75,11 @@ class SmallConvNet(nn.Module):
         self.classifier = nn.Linear(w3 * side * side, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``(N, num_classes)`` of images ``(N, in_chans, image_size, image_size)``."""
         return self.classifier(self.features(x).flatten(1))
 
 
 @register_model
 def convnet_small(**kwargs) -> SmallConvNet:
+    """The small ConvNet of the demo and tests (digits-sized inputs); see :class:`SmallConvNet`."""
     return SmallConvNet(**kwargs)

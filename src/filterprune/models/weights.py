@@ -76,6 +76,11 @@ def weights_dirs() -> list[Path]:
 
 
 def sha256_of(path: PathLike) -> str:
+    """Hex sha256 of the file at ``path``, read in 1 MiB chunks.
+
+    Raises:
+        OSError: the file cannot be read.
+    """
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):

@@ -20,6 +20,7 @@ def _git(*args: str) -> str | None:
 
 
 def code_version() -> str:
+    """The installed filterprune version (the one in pyproject.toml), or ``"unknown"``."""
     try:
         return version("filterprune")
     except PackageNotFoundError:
@@ -27,6 +28,9 @@ def code_version() -> str:
 
 
 def environment() -> dict[str, Any]:
+    """What a run folder's ``env.json`` records: filterprune, torch and Python versions, platform, git
+    commit and dirty flag (``None`` outside a checkout), CPU threads, CUDA version and GPU name.
+    """
     sha = _git("rev-parse", "HEAD")
     return {
         "filterprune": code_version(),

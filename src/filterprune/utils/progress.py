@@ -10,6 +10,7 @@ _enabled = False
 
 
 def set_progress(enabled: bool) -> None:
+    """Turn all progress bars on or off (``filterprune -q`` turns them off)."""
     global _enabled
     _enabled = enabled
 

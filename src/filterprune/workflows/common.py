@@ -78,6 +78,9 @@ def build_factory_model(spec: str, known: dict[str, Any] | None = None) -> nn.Mo
 
 
 def model_kwargs_for(name: str, ds: ArrayDataset | None) -> dict[str, Any]:
+    """Entrypoint keywords that fit a model to the data: ``num_classes``, ``in_chans`` (and
+    ``image_size`` for ``convnet_small``); ``{}`` without data.
+    """
     if ds is None:
         return {}
     kwargs: dict[str, Any] = {"num_classes": ds.num_classes, "in_chans": ds.in_chans}
@@ -162,4 +165,5 @@ def input_size_of(net: nn.Module, weights: str | None = None) -> tuple[int, ...]
 
 
 def example_input(ds: ArrayDataset, batch: int = 2) -> torch.Tensor:
+    """A random ``(batch, C, H, W)`` input shaped like the dataset's images, for tracing and counting."""
     return torch.randn(batch, ds.in_chans, ds.image_size, ds.image_size)

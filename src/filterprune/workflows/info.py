@@ -14,6 +14,7 @@ from .common import input_size_of, resolve_model
 
 
 def registered() -> str:
+    """The registered model and criterion names, two lines (``filterprune info --list``)."""
     from ..criteria import list_criteria
 
     return "models:    " + " ".join(list_models()) + "\ncriteria:  " + " ".join(list_criteria())
@@ -45,6 +46,12 @@ def describe_model(model: str | None, weights: str | None, input_size: tuple[int
 
 def evaluate_model(model: str | None, weights: str | None, data: str, *, split: str = "test", batch_size: int = 500,
                    device: str = "auto", download: bool = False) -> dict[str, Any]:
+    """Accuracy (percent), mean loss and image count of a model on one split of ``data``.
+
+    Raises:
+        ValueError: the data has no such split, or model/weights cannot be resolved.
+        CheckpointError, DataError: unreadable weights or data.
+    """
     splits = load_data(data, download=download)
     ds = getattr(splits, split)
     if ds is None:

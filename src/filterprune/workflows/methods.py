@@ -73,6 +73,7 @@ class PruneJob:
 
     @property
     def model(self) -> nn.Module:
+        """The model being pruned (the runner's current one)."""
         return self.runner.model
 
     def accuracies(self, model: nn.Module | None = None) -> dict[str, float]:
