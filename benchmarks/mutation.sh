@@ -2,15 +2,41 @@
 # Mutation testing of the engine core (selection.py, graph/, criteria/, methods/) with mutmut 3.
 # Slow (hours for the whole set on 2 cores); not part of the default suite or .ci/run.
 #
-#   benchmarks/mutation.sh                                   # every mutant of the configured modules
-#   benchmarks/mutation.sh 'filterprune.selection.*'         # one module (mutmut name globs)
-#   python benchmarks/mutation_report.py                     # -> benchmarks/results/mutation_report.{json,md}
+#   benchmarks/mutation.sh                                 # every configured module ([tool.mutmut])
+#   benchmarks/mutation.sh src/filterprune/selection.py    # one module (a path glob under src/)
+#   MUTMUT_TESTS="tests/test_selection.py tests/test_selection_oracles.py" \
+#       benchmarks/mutation.sh src/filterprune/selection.py   # ... against a focused set of tests
+#   python benchmarks/mutation_report.py                   # -> benchmarks/results/mutation_report.{json,md}
 #
-# Configuration: [tool.mutmut] in pyproject.toml (modules mutated, tests run). Results are cached in
-# mutants/ (git-ignored), so an interrupted run continues where it stopped; `mutmut results` lists
-# survivors, `mutmut show NAME` prints one. One worker by default (MUTMUT_CHILDREN to change).
+# It runs in a snapshot of the working tree (tracked and untracked, not ignored files) under
+# $MUTMUT_DIR (default /tmp/filterprune-mutation/<module>), so editing the tree meanwhile is safe and
+# the repository stays clean. The snapshot's mutants/ folder caches results: an interrupted run
+# continues where it stopped, and `cd $MUTMUT_DIR && mutmut results` lists the survivors,
+# `mutmut show NAME` prints one. One worker by default (MUTMUT_CHILDREN to change).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+repo=$(cd "$(dirname "$0")/.." && pwd)
+only=${1:-}
+name=$(printf '%s' "${only:-all}" | sed 's#^src/filterprune/##; s#[/*.]#_#g')
+work=${MUTMUT_DIR:-/tmp/filterprune-mutation/$name}
+mkdir -p "$work"
+(cd "$repo" && git ls-files -co --exclude-standard) | (cd "$repo" && tar -cf - -T -) | tar -xf - -C "$work"
+python - "$work/pyproject.toml" "$only" "${MUTMUT_TESTS:-}" <<'PY'
+import re, sys
+path, only, tests = sys.argv[1:]
+text = open(path).read()
+def replace(key, values):
+    global text
+    items = ", ".join(f'"{v}"' for v in values)
+    text, n = re.subn(rf"^{key} = \[.*?\]$", f"{key} = [{items}]", text, count=1, flags=re.M | re.S)
+    assert n == 1, key
+if only:
+    replace("only_mutate", [only])
+if tests:
+    replace("pytest_add_cli_args_test_selection", tests.split())
+open(path, "w").write(text)
+PY
+echo "mutation testing ${only:-the configured modules} in $work" >&2
+cd "$work"
 unset PYTHONPATH          # the tests must import the mutated copy in mutants/src
 export OMP_NUM_THREADS=1
-exec mutmut run --max-children "${MUTMUT_CHILDREN:-1}" "$@"
+exec mutmut run --max-children "${MUTMUT_CHILDREN:-1}"
