@@ -173,13 +173,16 @@ class FolderDataset(torch.utils.data.Dataset):
 
     @property
     def num_classes(self) -> int:
+        """Number of classes (``len(classes)``)."""
         return len(self.classes)
 
     @property
     def in_chans(self) -> int:
+        """Image channels: always 3 (images are decoded to RGB)."""
         return 3
 
     def class_counts(self) -> list[int]:
+        """Number of images per class, in class order."""
         return torch.bincount(self.labels, minlength=self.num_classes).tolist()
 
     def subset(self, idxs: torch.Tensor) -> FolderDataset:
@@ -238,6 +241,7 @@ class ShardSampler(torch.utils.data.Sampler):
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
+        """Use the permutation and augmentation seeds of epoch ``epoch`` for the next iteration."""
         self.epoch = epoch
 
     def __len__(self) -> int:

@@ -52,6 +52,7 @@ class BasicBlock(nn.Module):
         self.downsample = _projection(cin, planes, stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, C_in, H, W) -> (N, planes, H/stride, W/stride)``: two 3x3 conv-BN plus the shortcut, ReLU."""
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
         shortcut = x if self.downsample is None else self.downsample(x)
@@ -72,6 +73,7 @@ class Bottleneck(nn.Module):
         self.downsample = _projection(cin, planes * 4, stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, C_in, H, W) -> (N, 4 planes, H/stride, W/stride)``: 1x1, 3x3, 1x1 conv-BN plus the shortcut, ReLU."""
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
@@ -121,6 +123,7 @@ class ImageNetResNet(nn.Module):
                     nn.init.zeros_(last.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``(N, num_classes)`` of images ``(N, 3, H, W)`` (224 x 224 for the published numbers)."""
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))  # (B, 64, H/4, W/4)
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))  # (B, C, H/32, W/32)
         return self.fc(self.avgpool(x).flatten(1))  # (B, num_classes)
