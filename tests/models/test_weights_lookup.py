@@ -76,3 +76,52 @@ def test_explicit_path_loads_whatever_the_working_directory(tmp_path, monkeypatc
     model = create_model("resnet20", pretrained=str(path))
     for (k, a), b in zip(source.state_dict().items(), model.state_dict().values(), strict=True):
         assert torch.equal(a, b), k
+
+
+def test_download_checks_sha256_and_lands_in_the_first_folder(clean_env, monkeypatch):
+    tmp, payload = clean_env
+    source = tmp / "server" / "tiny.th"
+    source.parent.mkdir()
+    source.write_bytes(payload)
+    monkeypatch.setitem(W.PRETRAINED, "tiny", W.PRETRAINED["tiny"].__class__(
+        "tiny.th", W.PRETRAINED["tiny"].sha256, source.as_uri(), 0.0, 0.0))
+    got = W.find_weights("tiny", download=True)  # not found anywhere: fetched into the cache folder
+    assert got == tmp / "cache" / "weights" / "tiny.th" and got.read_bytes() == payload
+    assert [p.name for p in got.parent.iterdir()] == ["tiny.th"]  # no partial file left
+
+
+def test_download_with_another_sha256_leaves_nothing(clean_env):
+    tmp, _ = clean_env
+    bad = tmp / "bad.th"
+    bad.write_bytes(b"something else")
+    dest = tmp / "dest"
+    with pytest.raises(CheckpointError, match=r"downloaded tiny.th has sha256 [0-9a-f]{12}\.\.\., expected"):
+        W.download_weights(W.PRETRAINED["tiny"], dest, url=bad.as_uri())
+    assert list(dest.iterdir()) == []
+    with pytest.raises(CheckpointError, match="could not download"):
+        W.download_weights(W.PRETRAINED["tiny"], dest, url=(tmp / "missing.th").as_uri())
+
+
+def test_unknown_name_lists_the_known_ones():
+    with pytest.raises(CheckpointError, match="no known pretrained weights for 'resnet7'; known: resnet20"):
+        W.find_weights("resnet7")
+
+
+@pytest.mark.parametrize("wrap", ["bare", "state_dict", "model"])
+def test_foreign_state_dicts_nested_and_prefixed(tmp_path, wrap):
+    state = {"module.conv.weight": torch.ones(2, 1, 1, 1), "module.conv.bias": torch.zeros(2)}
+    path = tmp_path / "w.pt"
+    torch.save(state if wrap == "bare" else {wrap: state, "epoch": 3}, path)
+    got = W.read_foreign_state_dict(path)
+    assert sorted(got) == ["conv.bias", "conv.weight"] and torch.equal(got["conv.weight"], torch.ones(2, 1, 1, 1))
+
+
+def test_foreign_files_that_are_not_state_dicts(tmp_path):
+    with pytest.raises(CheckpointError, match="no such file"):
+        W.read_foreign_state_dict(tmp_path / "none.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a zip or a pickle")
+    with pytest.raises(CheckpointError, match=r"junk.pt: not a readable weights-only checkpoint \("):
+        W.read_foreign_state_dict(tmp_path / "junk.pt")
+    torch.save([torch.ones(1)], tmp_path / "list.pt")
+    with pytest.raises(CheckpointError, match="list.pt: holds no state dict of tensors"):
+        W.read_foreign_state_dict(tmp_path / "list.pt")

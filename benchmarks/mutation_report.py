@@ -1,0 +1,112 @@
+"""Summarise mutation-testing runs (benchmarks/mutation.sh) into benchmarks/results/mutation_report.{json,md}.
+
+    python benchmarks/mutation_report.py [--runs /tmp/filterprune-mutation] [--label after]
+
+Reads every run folder under ``--runs`` (one per module, see mutation.sh), counts mutmut's verdicts per
+mutated module, and marks the survivors listed in ``benchmarks/mutation_equivalent.json`` as
+equivalent (that file gives the reason for each; ``mutmut show NAME`` in the run folder prints the
+mutant). Runs are recorded under ``--label`` (e.g. ``before`` = the suite before the oracle tests of
+issue 14, ``after`` = with them), so one report holds both.
+
+Score = killed / (generated - equivalent - not checked), killed including timeouts (a mutant that
+makes the tests hang is detected).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+from collections import Counter
+from pathlib import Path
+
+from mutmut.stats import status_by_exit_code
+
+HERE = Path(__file__).resolve().parent
+OUT_JSON = HERE / "results" / "mutation_report.json"
+OUT_MD = HERE / "results" / "mutation_report.md"
+EQUIVALENT = HERE / "mutation_equivalent.json"
+
+
+def read_run(run: Path) -> dict[str, dict[str, str]]:
+    """{module path: {mutant name: status}} of one run folder."""
+    out: dict[str, dict[str, str]] = {}
+    for meta in sorted((run / "mutants" / "src").rglob("*.py.meta")):
+        codes = json.loads(meta.read_text()).get("exit_code_by_key", {})
+        if codes:
+            module = str(meta.relative_to(run / "mutants")).removesuffix(".meta")
+            out[module] = {name: status_by_exit_code[code] for name, code in codes.items()}
+    return out
+
+
+def diff_of(run: Path, name: str) -> str:
+    """The mutant's diff (``mutmut show``), for the report."""
+    res = subprocess.run(["mutmut", "show", name], cwd=run, capture_output=True, text=True)
+    lines = [ln for ln in res.stdout.splitlines() if ln.startswith(("+", "-")) and not ln.startswith(("+++", "---"))]
+    return " / ".join(ln.strip() for ln in lines)[:300]
+
+
+def summarise(run: Path, equivalent: dict[str, str], tests: str) -> dict[str, dict]:
+    """Per module of ``run``: counts, score and the surviving mutants (with diff and, if any, the reason)."""
+    rows = {}
+    for module, verdicts in read_run(run).items():
+        c = Counter(verdicts.values())
+        survivors = sorted(n for n, s in verdicts.items() if s == "survived")
+        eq = [n for n in survivors if n in equivalent]
+        killed = c["killed"] + c["timeout"]
+        unchecked = c["not checked"] + c["check was interrupted by user"]
+        considered = len(verdicts) - len(eq) - unchecked
+        rows[module] = {
+            "run": run.name, "tests": tests, "generated": len(verdicts), "killed": killed, "timeout": c["timeout"],
+            "survived": c["survived"], "equivalent": len(eq), "no_tests": c["no tests"], "not_checked": unchecked,
+            "score": round(killed / considered, 4) if considered else None,
+            "survivors": [{"name": n, "diff": diff_of(run, n), "equivalent": equivalent.get(n)} for n in survivors],
+        }
+    return rows
+
+
+def to_markdown(report: dict) -> str:
+    lines = ["# Mutation testing of the engine core", "",
+             "Produced by `benchmarks/mutation.sh` (mutmut 3, one worker) and `benchmarks/mutation_report.py`.",
+             "Score = killed / (generated - equivalent - not checked); timeouts count as killed.", ""]
+    for label, rows in report["runs"].items():
+        lines += [f"## {label}", "", "| module | tests run | generated | killed | survived | equivalent | no tests "
+                  "| not checked | score |", "|---|---|---|---|---|---|---|---|---|"]
+        for module, r in sorted(rows.items()):
+            score = f"{100 * r['score']:.1f}%" if r["score"] is not None else "-"
+            lines.append(f"| `{module}` | {r['tests']} | {r['generated']} | {r['killed']} | {r['survived']} | "
+                         f"{r['equivalent']} | {r['no_tests']} | {r['not_checked']} | {score} |")
+        lines.append("")
+        for module, r in sorted(rows.items()):
+            if r["survivors"]:
+                lines += [f"### {label}: survivors in `{module}`", ""]
+                for s in r["survivors"]:
+                    why = f"equivalent: {s['equivalent']}" if s["equivalent"] else "**not killed**"
+                    lines.append(f"- `{s['name']}` ({why}): `{s['diff']}`")
+                lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", type=Path, default=Path("/tmp/filterprune-mutation"))
+    ap.add_argument("--only", nargs="*", help="run folder names to read (default: all)")
+    ap.add_argument("--label", default="after")
+    args = ap.parse_args()
+    equivalent = json.loads(EQUIVALENT.read_text()) if EQUIVALENT.exists() else {}
+    report = json.loads(OUT_JSON.read_text()) if OUT_JSON.exists() else {"runs": {}}
+    rows = report["runs"].setdefault(args.label, {})
+    for run in sorted(p for p in args.runs.iterdir() if (p / "mutants").is_dir()):
+        if args.only and run.name not in args.only:
+            continue
+        cfg = (run / "pyproject.toml").read_text()
+        tests = cfg.split("pytest_add_cli_args_test_selection = [", 1)[1].split("]", 1)[0].replace('"', "").strip()
+        rows.update(summarise(run, equivalent, tests))
+    OUT_JSON.parent.mkdir(parents=True, exist_ok=True)
+    OUT_JSON.write_text(json.dumps(report, indent=1) + "\n")
+    OUT_MD.write_text(to_markdown(report) + "\n")
+    print(OUT_MD.read_text())
+
+
+if __name__ == "__main__":
+    main()
