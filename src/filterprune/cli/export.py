@@ -17,6 +17,7 @@ from ._args import MODEL_HELP
 
 
 def add_parser(sub) -> None:
+    """Register ``filterprune export`` and its flags on the subcommand parsers ``sub``."""
     p = sub.add_parser("export", help="export a model to ONNX (checked with onnxruntime)", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", help=MODEL_HELP)
@@ -31,6 +32,12 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Export a model to ONNX (checked with onnxruntime) and print the result as JSON; returns 0.
+
+    Raises:
+        FilterpruneError: the export or the onnxruntime check failed, or ``--out`` exists (one line from
+            ``cli.main``).
+    """
     from ..workflows.info import export_model
 
     result = export_model(args.model, args.weights, args.out, input_size=args.input_size, batch=args.batch,
