@@ -210,31 +210,43 @@ class PixelShuffleOp(LayerOp):
         return int(module.downscale_factor if self.unshuffle else module.upscale_factor) ** 2
 
     def out_channels(self, module: nn.Module) -> int:
+        """Output width as of the last traced forward pass (or surgery)."""
         return _widths(module)[1]
 
     def in_channels(self, module: nn.Module) -> int:
+        """Input width as of the last traced forward pass (or surgery)."""
         return _widths(module)[0]
 
     def prune_out(self, module: nn.Module, keep_idxs: Tensor) -> None:
+        """Record the narrower output width (``len(keep_idxs)``); the layer has no state to slice."""
         setattr(module, _WIDTHS, (_widths(module)[0], len(keep_idxs)))  # nothing else: no state
 
     def prune_in(self, module: nn.Module, keep_idxs: Tensor) -> None:
+        """Record the narrower input width (``len(keep_idxs)``); the layer has no state to slice."""
         setattr(module, _WIDTHS, (len(keep_idxs), _widths(module)[1]))
 
     def mask_in(self, module: nn.Module, idxs: Tensor) -> list[tuple[Tensor, int, float]]:
+        """Nothing to mask here: a block is hidden through its output channel's consumers."""
         return []  # a block is masked with its output channel, whose consumers are zeroed
 
     def couples(self, module: nn.Module) -> list[tuple[list[int], list[int]]]:
+        """``(input channels, output channels)`` pairs removed together: each block of r² channels on the
+        wide side with its one channel on the narrow side.
+        """
         r2 = self._factor(module)
         narrow = _widths(module)[0 if self.unshuffle else 1]
         blocks = [([k], list(range(k * r2, (k + 1) * r2))) for k in range(narrow)]
         return blocks if self.unshuffle else [(wide, one) for one, wide in blocks]
 
     def channel_attrs(self, module: nn.Module) -> dict[str, int]:
+        """No width attributes to save (``{}``): widths follow from the neighbouring layers."""
         return {}
 
 
 class PixelUnshuffleOp(PixelShuffleOp):
+    """``nn.PixelUnshuffle(r)``: the reverse of :class:`PixelShuffleOp` (one input channel becomes r²
+    output channels).
+    """
     unshuffle = True
 
 
