@@ -20,6 +20,7 @@ def run_config(args: argparse.Namespace, cls: type[Any]) -> Any:
     """The run config: defaults < ``--config`` < typed flags; with ``--resume``, the folder's saved
     ``config.yaml`` replaces the defaults, so only the flags typed now can differ from it."""
     from ..config import load_yaml, merge
+    from ..utils.io import check_run_folder
     from ..utils.resume import saved_config
     from ._args import overrides, resolve_config, validate_config
 
@@ -27,5 +28,6 @@ def run_config(args: argparse.Namespace, cls: type[Any]) -> Any:
         return resolve_config(args, cls)
     typed = overrides(args, cls)
     out = typed.get("out") or cls().out
+    check_run_folder(out, args.command, resume=True, overwrite=args.overwrite)  # before reading its config
     base = load_yaml(cls, args.config) if args.config else saved_config(cls, out)
     return validate_config(merge(base, {**typed, "out": out}))

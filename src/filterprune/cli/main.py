@@ -53,8 +53,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True)
     set_progress(not args.quiet and sys.stderr.isatty())
-    # SIGTERM unwinds like Ctrl-C, so workflows remove their temporary output folders on the way out.
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    # SIGTERM unwinds like Ctrl-C: a run records why it stopped (run_state.json) and releases its lock.
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         return args.run(args)
     except (FilterpruneError, ValueError, FileNotFoundError, FileExistsError) as e:
@@ -62,9 +62,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"filterprune {args.command}: error: {one_line(e)}", file=sys.stderr)
         return 2
+    except OSError as e:  # a full disk or a folder that became read-only mid-run: one line, the run is kept
+        if args.debug:
+            raise
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"filterprune {args.command}: error: {where}{e.strerror or one_line(e)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def _terminated(signum, frame) -> None:
+    print("terminated", file=sys.stderr)
+    sys.exit(128 + signum)
 
 
 if __name__ == "__main__":

@@ -146,7 +146,7 @@ def centripetal_hook(model, groups, clusters, cfg: TrainConfig, opts: CSGDOption
                    predicted_decay(cfg, steps, hook.vector_decay + hook.vector_ratio * hook.centripetal)]
         logger.info("C-SGD: this recipe shrinks the deviation by x%.3g (kernels), x%.3g (vectors)", *factors)
         if max(factors) > opts.max_deviation and not opts.force:
-            logger.warning("C-SGD: the deviation will shrink only by x%.3g over %d epochs; trimming will likely be "
+            logger.info("C-SGD: the deviation will shrink only by x%.3g over %d epochs; trimming will likely be "
                            "refused (raise centripetal or vector_ratio)", max(factors), cfg.epochs)
     return hook
 

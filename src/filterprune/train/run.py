@@ -14,7 +14,7 @@ from ..data import BatchLoader, DataSplits, load_data
 from ..errors import CheckpointError, DataError
 from ..models import create_model
 from ..utils.env import environment
-from ..utils.io import atomic_write, atomic_write_json, open_run_folder
+from ..utils.io import atomic_write, atomic_write_json, check_run_folder, open_run_folder
 from ..utils.resume import check_resume, dump_yaml_text, saved_config
 from ..utils.seed import pick_device, seed_everything
 from .loop import evaluate, fit
@@ -75,9 +75,10 @@ def run_training(cfg: RunConfig, *, resume: bool = False, overwrite: bool = Fals
     """
     out = Path(cfg.out)
     inputs = [cfg.pretrained] if cfg.pretrained not in ("", "auto") else []
+    if resume:  # refused before the folder is claimed: a refusal changes nothing in it
+        check_run_folder(out, "train", resume=True, overwrite=overwrite)
+        check_resume(saved_config(RunConfig, out), cfg, TRAIN_EXTENDS)
     with open_run_folder(out, "train", resume=resume, overwrite=overwrite, owned=TRAIN_FILES, inputs=inputs) as run:
-        if resume:
-            check_resume(saved_config(RunConfig, out), cfg, TRAIN_EXTENDS)
         atomic_write(out / "config.yaml", dump_yaml_text(cfg))
         try:
             return _train(cfg, out, resume, download)

@@ -39,16 +39,18 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from ..errors import FilterpruneError
 from ..types import PathLike
 
 __all__ = ["MARKER", "LOCK", "RunFolder", "RunFolderError", "atomic_path", "atomic_write", "atomic_write_json",
-           "file_mode", "make_dirs", "open_run_folder", "read_marker"]
+           "check_run_folder", "file_mode", "tensors_sha256", "make_dirs", "open_run_folder", "read_marker"]
 
 MARKER = "filterprune-run.json"
 LOCK = "filterprune.lock"
@@ -113,6 +115,22 @@ def atomic_write(path: PathLike, data: str | bytes) -> Path:
 def atomic_write_json(path: PathLike, obj: Any, *, indent: int | None = 2) -> Path:
     """``json.dumps(obj)`` written atomically."""
     return atomic_write(path, json.dumps(obj, indent=indent) + "\n")
+
+
+def tensors_sha256(tensors: Mapping[str, Any]) -> str:
+    """sha256 over a state dict's tensors: name, dtype, shape and bytes, in name order.
+
+    Compare weights with it, not with a file's sha256: safetensors writes its metadata keys in a
+    per-process hash order, so two files of identical tensors and metadata can differ byte-wise.
+    """
+    import hashlib
+
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous().reshape(-1)
+        h.update(f"{name}|{t.dtype}|{tuple(tensors[name].shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
 
 
 def read_marker(folder: PathLike) -> dict[str, Any] | None:
@@ -268,6 +286,19 @@ def _check_target(path: Path, command: str, resume: bool, overwrite: bool, owned
                                                                      owned):
                 raise RunFolderError(f"--overwrite would replace the input {p}; copy it elsewhere first")
     return marker
+
+
+def check_run_folder(path: PathLike, command: str, *, resume: bool = False, overwrite: bool = False,
+                     owned: Sequence[str] = ()) -> None:
+    """The checks of :func:`open_run_folder` without claiming anything (nothing is created or written):
+    for callers that must read the folder (its saved config on ``--resume``) before claiming it.
+
+    Raises:
+        RunFolderError: as :func:`open_run_folder`.
+    """
+    if resume and overwrite:
+        raise RunFolderError("--resume and --overwrite contradict each other; give one")
+    _check_target(Path(path), command, resume, overwrite, owned, [])
 
 
 def open_run_folder(

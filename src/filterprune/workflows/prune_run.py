@@ -24,7 +24,7 @@ import torch
 
 from ..config import PruneRunConfig, to_dict
 from ..errors import FilterpruneError
-from ..utils.io import atomic_write, atomic_write_json, open_run_folder
+from ..utils.io import atomic_write, atomic_write_json, check_run_folder, open_run_folder
 from ..utils.resume import check_resume, dump_yaml_text, saved_config
 from .methods import COMMON_EXTENDS, COMMON_REOPENS, MethodResult, PruneJob, method_for
 from .runner import Runner
@@ -62,10 +62,11 @@ def run_prune(cfg: PruneRunConfig, *, download: bool = False, resume: bool = Fal
     out = Path(cfg.out)
     method = method_for(cfg)
     inputs = [cfg.weights] if cfg.weights not in ("", "auto") else []
+    changes = {}
+    if resume:  # refused before the folder is claimed: a refusal changes nothing in it
+        check_run_folder(out, "prune", resume=True, overwrite=overwrite)
+        changes = check_resume(saved_config(PruneRunConfig, out), cfg, {**COMMON_EXTENDS, **method.extends})
     with open_run_folder(out, "prune", resume=resume, overwrite=overwrite, owned=PRUNE_FILES, inputs=inputs) as run:
-        changes = {}
-        if resume:
-            changes = check_resume(saved_config(PruneRunConfig, out), cfg, {**COMMON_EXTENDS, **method.extends})
         atomic_write(out / "config.yaml", dump_yaml_text(cfg))
         runner = Runner(out, seed=cfg.prune.seed, resume=resume)
         reopens = {**COMMON_REOPENS, **method.reopens}
