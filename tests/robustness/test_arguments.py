@@ -226,6 +226,16 @@ def test_demo_target_out_of_range(box, capsys, no_data_loading):
     box.refuses(["demo", "--target-macs", "1.2"], capsys, "--target-macs", "[0, 1)")
 
 
+@pytest.mark.parametrize("extra,needle", [
+    (["--batch", "0"], "--batch must be an integer >= 1"),
+    (["--atol=-1"], "--atol must be a finite number > 0"),
+    (["--atol", "nan"], "--atol must be a finite number > 0"),
+    (["--input-size", "1", "8", "0"], "--input-size must be three sizes >= 1"),
+])
+def test_export_flags(box, digits_ckpt, extra, needle, capsys, no_data_loading):
+    box.refuses(["export", "--weights", digits_ckpt, "--out", "m.onnx", *extra], capsys, needle)
+
+
 def test_eval_batch_size(box, digits_ckpt, capsys, no_data_loading):
     box.refuses(["eval", "--weights", digits_ckpt, "--batch-size", "0"], capsys, "--batch-size", ">= 1")
 

@@ -306,3 +306,13 @@ def check_demo_args(args: argparse.Namespace) -> None:
 
     check_criterion(args.criterion, key="criterion")
     check_fields(args, {"target_macs": FRACTION})
+
+
+def check_export_args(args: argparse.Namespace) -> None:
+    """``filterprune export``'s flags, before the model is built or anything is written."""
+    from ..config import POSITIVE, POSITIVE_INT, check_fields
+
+    check_info_args(args)
+    if not args.weights and not args.model:
+        raise config_error("weights", "or --model is required: say which model to export")
+    check_fields(args, {"batch": POSITIVE_INT, "atol": POSITIVE})

@@ -39,7 +39,9 @@ def run(args: argparse.Namespace) -> int:
             ``cli.main``).
     """
     from ..workflows.info import export_model
+    from ._args import check_export_args
 
+    check_export_args(args)
     result = export_model(args.model, args.weights, args.out, input_size=args.input_size, batch=args.batch,
                           overwrite=args.overwrite, atol=args.atol)
     print(json.dumps(result, indent=2))
