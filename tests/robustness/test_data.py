@@ -435,6 +435,15 @@ def test_cifar_wrong_count_in_a_tarball(box, cifar_like, capsys):
     box.refuses(["eval", *EVAL, "--data", str(archive)], capsys, "19 images", "frog 1")
 
 
+def test_cifar_wrong_count_in_the_test_sibling_names_it(box, cifar_like, capsys):
+    (cifar_like / "test" / "ship" / "01.png").write_bytes(png_bytes(32, 9))  # an extra image
+    (box.root / "cifar_train.tar.gz").write_bytes(gzip.compress(tar_bytes(cifar_like, "train")))
+    sibling = box.root / "cifar_test.tar.gz"
+    sibling.write_bytes(gzip.compress(tar_bytes(cifar_like, "test")))
+    box.refuses(["eval", *EVAL, "--data", str(box.root / "cifar_train.tar.gz")], capsys, str(sibling),
+                "test split holds 11 images", "ship 2")
+
+
 # ---- IDX (Fashion-MNIST) ---------------------------------------------------------------------------------------
 
 def idx_bytes(arr: np.ndarray) -> bytes:

@@ -222,7 +222,7 @@ def _assemble(scan: _Scan) -> dict[str, np.ndarray]:
     return out
 
 
-Verify = Callable[[dict[str, np.ndarray], Path], None]
+Verify = Callable[[dict[str, np.ndarray], str], None]
 
 
 def read_image_source(src: ImageSource, cache_dir: PathLike | None = None, verify: Verify | None = None
@@ -245,6 +245,7 @@ def read_image_source(src: ImageSource, cache_dir: PathLike | None = None, verif
             sizes, or what ``verify`` refuses. Nothing is written to the cache then.
     """
     where = src.paths[0]
+    label = " + ".join(map(str, src.paths))  # both tarballs, when the test split has its own
     if src.kind == "dir":
         listed, folders = _list_dir(where)
         files = sorted(p for *_, p in listed)
@@ -262,14 +263,14 @@ def read_image_source(src: ImageSource, cache_dir: PathLike | None = None, verif
     if arrays is not None:
         logger.info("loaded decoded images from cache %s", path)
         if verify is not None:
-            verify(arrays, where)
+            verify(arrays, label)
         return arrays
     t0 = time.perf_counter()
     logger.info("decoding images from %s (once; cached afterwards)", where)
     scan = _scan_dir(where, listed, folders) if src.kind == "dir" else _scan_tars(src.paths)
     arrays = _assemble(scan)
     if verify is not None:
-        verify(arrays, where)
+        verify(arrays, label)
     logger.info("decoded %d images in %.1f s", len(scan.images), time.perf_counter() - t0)
     _cache.save_arrays(path, arrays)
     return arrays
