@@ -205,6 +205,10 @@ class RunConfig:
         if self.csgd.squeeze_to and not 0 < self.csgd.squeeze_to < self.width_mult:
             raise config_error("csgd.squeeze_to", f"must lie between 0 and --width-mult ({self.width_mult:g}), "
                                f"got {self.csgd.squeeze_to:g}")
+        if ":" in self.model and (self.width_mult != 1.0 or self.csgd.squeeze_to):
+            key = "width_mult" if self.width_mult != 1.0 else "csgd.squeeze_to"
+            raise config_error(key, f"applies to registered models only; --model {self.model} builds its own "
+                               "widths (make the factory take a width argument instead)")
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -106,6 +106,7 @@ def test_export_of_dict_outputs_by_factory(user_dir, tmp_path, capsys):
     (["prune", "--model", FACTORY, "--ratio", "0.3", "--normalize", "median", "--out", "unused"], "--normalize"),
     (["prune", "--model", FACTORY, "--ratio", "0.3", "--max-ratio", "0", "--out", "unused"], "--max-ratio"),
     (["prune", "--model", FACTORY, "--ratio", "0.3", "--schedule", "cubic", "--out", "unused"], "--schedule"),
+    (["train", "--model", FACTORY, "--width-mult", "2", "--out", "unused"], "--width-mult applies to registered"),
 ])
 def test_bad_user_model_arguments_are_one_line(user_dir, argv, needle, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
