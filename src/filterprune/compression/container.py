@@ -131,8 +131,10 @@ def _check_meta(path: Path, meta: dict[str, Any], tensors: dict[str, torch.Tenso
     """Bounded, well-typed metadata that matches the tensors; raises ``ValueError`` naming the problem."""
     if meta.get("format") != FORMAT:
         raise ValueError(f"not a filterprune compressed model (format {meta.get('format')!r})")
-    if not isinstance(meta.get("arch"), dict) or not isinstance(meta.get("layers"), dict):
-        raise ValueError("metadata lacks arch or layers")
+    if not isinstance(meta.get("arch"), dict) or "name" not in meta["arch"] or not isinstance(meta.get("layers"), dict):
+        raise ValueError("metadata lacks arch (a registered model name) or layers")
+    if not isinstance(meta.get("modules"), dict):
+        raise ValueError("metadata lacks modules (the layer widths)")
     for name, rec in meta["layers"].items():
         if not isinstance(rec, dict) or set(rec) != set(_LAYER_KEYS):
             raise ValueError(f"layer {name}: record keys must be {sorted(_LAYER_KEYS)}")
@@ -184,22 +186,27 @@ def decompress(path: PathLike) -> nn.Module:
     Raises:
         CheckpointError: see :func:`read_compressed`, or the streams do not decode to the architecture.
     """
-    from ..graph.serialize import resize
-    from ..models import create_model
+    from ..graph._validate import validated_widths
+    from ..graph.serialize import _build_registered, resize
 
+    path = Path(path)
     tensors, meta = read_compressed(path)
     state = {k[len("dense/"):]: v for k, v in tensors.items() if k.startswith("dense/")}
-    arch = dict(meta["arch"])
     try:
         for name, rec in meta["layers"].items():
             parts = {p: tensors[f"{name}/{p}"] for p in _PARTS}
             state[rec["param"]] = decode_layer(parts, rec)
-        model = create_model(arch.pop("name"), **arch)
-        resize(model, meta.get("modules", {}), state)
-        model.load_state_dict(state, strict=True)
-    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as e:
+    except (KeyError, TypeError, ValueError) as e:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path}: does not decode to its architecture ({reason})") from None
+        raise CheckpointError(f"{path}: does not decode ({reason})") from None
+    # the architecture and its widths are checked as for any filterprune checkpoint (graph/_validate.py)
+    model = _build_registered(path, dict(meta["arch"]), meta.get("modules", {}), state)
+    resize(model, validated_widths(path, model, state, meta.get("modules", {})), state)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        reason = " ".join(str(e).split())[:300]
+        raise CheckpointError(f"{path}: does not fit {type(model).__name__} ({reason})") from None
     return model.eval()
 
 
@@ -229,8 +236,9 @@ def size_report(path: PathLike) -> dict[str, Any]:
                         "ratio": 32 * rec["original_weights"] / bits, "bits_by_part": parts}
     dense = {k[len("dense/"):]: 8 * v.numel() * v.element_size() for k, v in tensors.items()
              if k.startswith("dense/")}
-    arch = dict(meta["arch"])
-    base = create_model(arch.pop("name"), **arch)
+    arch = meta["arch"]
+    with torch.device("meta"):  # sizes only: no memory, no initialisation
+        base = create_model(arch["name"], **{k: v for k, v in arch.items() if k not in ("name", "class")})
     original = sum((32 if v.is_floating_point() else 64) * v.numel() for v in base.state_dict().values())
     file_bytes = Path(path).stat().st_size
     return {"layers": layers, "dense": dense,

@@ -136,7 +136,8 @@ def original_weights(model: nn.Module) -> dict[str, int]:
     arch = dict(getattr(model, "filterprune_cfg", None) or {})
     if "name" not in arch:
         raise ValueError("model has no filterprune_cfg; build it with filterprune.models.create_model")
-    base = create_model(arch.pop("name"), **arch)
+    with torch.device("meta"):
+        base = create_model(arch["name"], **{k: v for k, v in arch.items() if k not in ("name", "class")})
     return {name: m.weight.numel() for name, m in compressible_layers(base).items()}
 
 
