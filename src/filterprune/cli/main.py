@@ -11,10 +11,10 @@ from collections.abc import Sequence
 from ..errors import FilterpruneError
 from ..utils.env import code_version
 from ..utils.progress import set_progress
-from . import car_scores, compress, demo, evaluate, export, info, prune, train
+from . import car_scores, compress, demo, evaluate, explain, export, info, prune, train
 from ._args import Parser
 
-COMMANDS = (demo, train, evaluate, info, prune, export, car_scores, compress)
+COMMANDS = (demo, train, evaluate, info, prune, export, car_scores, compress, explain)
 
 
 def build_parser() -> argparse.ArgumentParser:

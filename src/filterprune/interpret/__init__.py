@@ -1,0 +1,9 @@
+"""Interpreting filters through compression (Abbasi-Asl & Yu, arXiv 1711.02329): per-filter CAR and
+class-wise CAR, colour selectivity (:mod:`.colour`), the k-lowest statistic (:mod:`.study`), filter
+pictures (:mod:`.figures`) and the ``filterprune explain`` workflow (:mod:`.workflow`)."""
+
+from .colour import greyscale, kernel_colour_index, response_colour_index
+from .study import LayerStudy, k_lowest_statistic, study_layer
+
+__all__ = ["LayerStudy", "greyscale", "k_lowest_statistic", "kernel_colour_index", "response_colour_index",
+           "study_layer"]

@@ -1,0 +1,104 @@
+"""Colour selectivity of filters: a kernel rule for the first layer, a response rule for deeper ones.
+
+The CAR paper (Abbasi-Asl & Yu, arXiv 1705.07356 / 1711.02329) reports that 17 of the 20 first-layer and
+14 of the 20 second-layer filters AlexNet loses first under CAR are colour-selective, without saying how
+that was decided. Two checkable rules (docs/methods.md §3.2 (a), (b); issue 16):
+
+* **First layer** (:func:`kernel_colour_index`), on the kernel alone. With ``W_p[c] = W[c] / std[c]`` the
+  kernel in pixel space (``std`` = the model's input normalisation; the input is ``(x - mean) / std``,
+  so the filter sees pixel channel c through ``W[c] / std[c]``)::
+
+      index = ||W_p - mean_c(W_p)||^2 / ||W_p||^2
+
+  the chromatic share of the kernel's energy: ``mean_c(W_p)`` (the mean over the colour channels at each
+  tap, broadcast back) is the part that responds to luminance, the rest responds to colour differences.
+  0 for a grey kernel, 1 for a purely opponent one; colour-selective when ``index >= 0.5``.
+
+* **Deeper layers** (:func:`response_colour_index`), on responses. For each filter, ``R_colour`` = its mean
+  rectified response ``mean(relu(a))`` over the images and positions, and ``R_grey`` the same on the
+  greyscale versions of the same images (luma ``Y = 0.299 R + 0.587 G + 0.114 B``, ITU-R BT.601, copied to
+  the three channels, then normalised like the colour images)::
+
+      index = 1 - R_grey / R_colour        (clipped to [0, 1]; colour-selective when >= 0.5)
+
+  i.e. the filter loses at least half of its response when colour is removed. This is the colour
+  selectivity index of Rafegas & Vanrell, "Color encoding in biologically-inspired convolutional neural
+  networks", Vision Research 151 (2018) [R: recalled, 1 - grey/colour activation], here over all
+  positions of a fixed image set rather than over each filter's top images.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["THRESHOLD", "greyscale", "kernel_colour_index", "response_colour_index"]
+
+THRESHOLD = 0.5
+LUMA = (0.299, 0.587, 0.114)
+
+
+def kernel_colour_index(weight: Tensor, std: Sequence[float]) -> Tensor:
+    """Chromatic energy share of each first-layer kernel in pixel space.
+
+    Args:
+        weight: ``(C_out, C_in, k, k)`` conv weight of the first layer (C_in colour channels).
+        std: the input normalisation's per-channel std (length C_in).
+
+    Returns:
+        ``(C_out,)`` float64 in [0, 1]; NaN for an all-zero kernel.
+
+    >>> w = torch.zeros(2, 3, 1, 1); w[0, :, 0, 0] = 1.0; w[1, :, 0, 0] = torch.tensor([1.0, -1.0, 0.0])
+    >>> kernel_colour_index(w, [1.0, 1.0, 1.0]).tolist()
+    [0.0, 1.0]
+    """
+    std_t = torch.as_tensor(std, dtype=torch.float64).view(1, -1, 1, 1)
+    if weight.shape[1] != std_t.shape[1]:
+        raise ValueError(f"weight has {weight.shape[1]} input channels, std has {std_t.shape[1]}")
+    wp = weight.detach().double().cpu() / std_t  # (C_out, C_in, k, k), pixel space
+    chroma = wp - wp.mean(dim=1, keepdim=True)  # remove the luminance part at each tap
+    return chroma.pow(2).sum((1, 2, 3)) / wp.pow(2).sum((1, 2, 3))
+
+
+def greyscale(x: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
+    """The greyscale version of a normalised RGB batch ``(N, 3, H, W)``, normalised the same way."""
+    m = torch.as_tensor(mean, dtype=x.dtype).view(1, 3, 1, 1)
+    s = torch.as_tensor(std, dtype=x.dtype).view(1, 3, 1, 1)
+    pixels = x * s + m
+    y = (pixels * torch.as_tensor(LUMA, dtype=x.dtype).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    return (y.expand_as(x) - m) / s
+
+
+@torch.no_grad()
+def layer_responses(model: nn.Module, layer: str, batches: Iterable[tuple[Tensor, Tensor]],
+                    transform=None) -> Tensor:
+    """Mean rectified output ``mean(relu(a))`` per channel of ``layer`` over ``batches``, ``(C_out,)``."""
+    module = model.get_submodule(layer)
+    total: list[Tensor] = []
+    handle = module.register_forward_hook(lambda m, i, o: total.append(o.detach().relu().mean((0, 2, 3)) * o.shape[0]))
+    was = model.training
+    model.eval()
+    n = 0
+    try:
+        for x, _ in batches:
+            model(transform(x) if transform else x)
+            n += x.shape[0]
+    finally:
+        handle.remove()
+        model.train(was)
+    return torch.stack(total).sum(0).double() / n
+
+
+def response_colour_index(model: nn.Module, layer: str, batches: Sequence[tuple[Tensor, Tensor]],
+                          mean: Sequence[float], std: Sequence[float]) -> tuple[Tensor, Tensor, Tensor]:
+    """``(index, R_colour, R_grey)``, each ``(C_out,)``: ``index = clip(1 - R_grey / R_colour, 0, 1)``.
+
+    A filter that never responds (``R_colour = 0``) gets NaN.
+    """
+    colour = layer_responses(model, layer, batches)
+    grey = layer_responses(model, layer, batches, transform=lambda x: greyscale(x, mean, std))
+    index = (1 - grey / colour).clamp(0, 1)
+    index[colour == 0] = float("nan")
+    return index, colour, grey
