@@ -4,7 +4,7 @@ Abbasi-Asl & Yu (arXiv 1705.07356): CAR filter pruning "combined with further we
 compressing reduces the size of the first or second convolutional layer of AlexNet by a factor of 42".
 Here, on the CIFAR-10 (JPEG copy) ResNet-20 base, ``filterprune.compression.compress_model`` runs:
 
-1. filter pruning of one layer's group (``--layer``, half its filters) by greedy CAR (``--car-k`` per
+1. filter pruning of one layer's group (``--layer``, ``--filter-ratio`` of its filters) by greedy CAR (``--car-k`` per
    step on ``--car-images`` training images) -- and, as the control, by L1 norm;
 2. magnitude pruning of every conv/linear layer (``--sparsity``; the compressed layer ``--layer-sparsity``)
    retrained ``--epochs`` epoch(s) on ``--train-images`` training images with the masks held;
@@ -52,14 +52,15 @@ def main() -> None:
     p.add_argument("--data", default=str(Path("/work/shared/data/cifar10") if not (ROOT.parent / "shared/data/cifar10").exists() else ROOT.parent / "shared/data/cifar10"))
     p.add_argument("--layer", default="layer3.1.conv1")
     p.add_argument("--criteria", nargs="+", default=["car", "l1"])
-    p.add_argument("--filter-ratio", type=float, default=0.5)
+    p.add_argument("--filter-ratio", type=float, default=0.25)
     p.add_argument("--car-images", type=int, default=500)
     p.add_argument("--car-k", type=int, default=4)
     p.add_argument("--sparsity", type=float, default=0.5)
     p.add_argument("--bits", type=int, default=5)
     p.add_argument("--gap-bits", type=int, default=4)
-    p.add_argument("--layer-sparsity", type=float, default=0.9)
+    p.add_argument("--layer-sparsity", type=float, default=0.93)
     p.add_argument("--layer-bits", type=int, default=5)
+    p.add_argument("--layer-gap-bits", type=int, default=5)
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--train-images", type=int, default=12000)
     p.add_argument("--lr", type=float, default=0.01)
@@ -77,7 +78,7 @@ def main() -> None:
         artifact = Path(args.weights_dir) / f"resnet20_compressed_{criterion}.safetensors"
         options = CompressOptions(
             sparsity=args.sparsity, conv_bits=args.bits, fc_bits=args.bits, conv_gap_bits=args.gap_bits,
-            fc_gap_bits=args.gap_bits, layers={args.layer: LayerOptions(args.layer_sparsity, args.layer_bits)},
+            fc_gap_bits=args.gap_bits, layers={args.layer: LayerOptions(args.layer_sparsity, args.layer_bits, args.layer_gap_bits)},
             filter_layer=args.layer, filter_ratio=args.filter_ratio, filter_criterion=criterion,
             car_images=args.car_images, car_k=args.car_k, prune_epochs=args.epochs, share_epochs=args.epochs,
             share_lr=args.share_lr, train_images=args.train_images)
