@@ -24,6 +24,7 @@ from ._args import add_config_args
 
 
 def add_parser(sub) -> None:
+    """Register ``filterprune compress``; the recipe flags come from :class:`CompressOptions`."""
     from ..compression.pipeline import CompressOptions
 
     p = sub.add_parser("compress", help="weight pruning + k-means weight sharing + Huffman coding",
@@ -42,6 +43,7 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Build the options, call :func:`~filterprune.compression.workflow.run_compress`, print the table."""
     import dataclasses
 
     from ..compression.pipeline import CompressOptions

@@ -17,6 +17,7 @@ import json
 
 
 def add_parser(sub) -> None:
+    """Register ``filterprune explain``."""
     p = sub.add_parser("explain", help="per-filter CAR, class-wise CAR and colour selectivity of a layer",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--weights", required=True, help="a filterprune model checkpoint (.safetensors)")
@@ -32,6 +33,7 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Call :func:`~filterprune.interpret.workflow.run_explain` and print the statistic."""
     from ..interpret.workflow import run_explain
 
     rec = run_explain(args.weights, args.data, args.layer, args.out, images=args.images, k=args.k,

@@ -93,15 +93,18 @@ class MaskHook(TrainHook):
 
     @torch.no_grad()
     def on_fit_start(self, model: nn.Module, optimizer) -> None:
+        """Zero the pruned weights."""
         for w, mask in self._weights(model):
             w.mul_(mask)
 
     def after_backward(self, model: nn.Module, step: int) -> None:
+        """Zero the gradients of the pruned weights."""
         for w, mask in self._weights(model):
             if w.grad is not None:
                 w.grad.mul_(mask)
 
     def on_epoch_end(self, model: nn.Module, epoch: int) -> dict[str, float]:
+        """``{"masked_nonzero": pruned weights that are not exactly 0}`` (logged; always 0)."""
         leaked = sum(int((w.detach()[~mask] != 0).sum()) for w, mask in self._weights(model))
         return {"masked_nonzero": float(leaked)}
 
@@ -121,6 +124,7 @@ class SharedLayer:
     bits: int
 
     def weight(self) -> Tensor:
+        """The dense weight ``cat([0], codebook)[symbols]``, float32, the layer's shape."""
         table = torch.cat([self.codebook.new_zeros(1), self.codebook])
         return table[self.symbols]
 
@@ -201,6 +205,7 @@ class SharingHook(TrainHook):
             self._first[name] = first[1:]  # (K,) flat position of each centroid's first member
 
     def no_weight_decay(self, model: nn.Module) -> set[str]:
+        """The shared weights: their step must be exactly the centroid's."""
         return {f"{name}.weight" for name in self.shared}
 
     @torch.no_grad()
@@ -211,10 +216,12 @@ class SharingHook(TrainHook):
             w.copy_(layer.weight().to(w.device, w.dtype))
 
     def on_fit_start(self, model: nn.Module, optimizer) -> None:
+        """Tie every member to its centroid."""
         self._tie(model)
 
     @torch.no_grad()
     def after_backward(self, model: nn.Module, step: int) -> None:
+        """Re-tie, then write each centroid's summed member gradient (Eq. 3) into its members' ``.grad``."""
         self._tie(model)
         for name, layer in self.shared.items():
             w = model.get_submodule(name).weight
@@ -227,6 +234,7 @@ class SharingHook(TrainHook):
             w.grad.copy_(summed[sym])
 
     def on_epoch_end(self, model: nn.Module, epoch: int) -> dict[str, float]:
+        """Re-tie after the epoch's last optimizer step."""
         self._tie(model)
         return {}
 

@@ -104,4 +104,5 @@ def save_grid(images: Sequence[np.ndarray], titles: Sequence[str], red: Sequence
 
 
 def filter_titles(filters: Sequence[dict[str, Any]]) -> list[str]:
+    """One short title per filter record: index, CAR, colour index."""
     return [f"#{f['index']} CAR {f['car']:.1f}\ncolour {f['colour_index']:.2f}" for f in filters]
