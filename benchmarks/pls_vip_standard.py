@@ -36,9 +36,9 @@ from filterprune.config import PruneRunConfig
 from filterprune.data import BatchLoader, load_data
 from filterprune.metrics import count, measure_latency
 from filterprune.train import evaluate, fit
-from filterprune.train.run import loaders
 from filterprune.utils.seed import seed_everything
 from filterprune.workflows.pls_iterate import pls_vip_iterate
+from filterprune.workflows.train_run import loaders
 
 BASE = "benchmarks/weights/resnet20_cifar10jpeg_base.safetensors"
 logger = logging.getLogger("pls_vip_standard")

@@ -29,10 +29,10 @@ from torch import Tensor, nn
 
 from .graph.check import apply_plan_checked
 from .graph.groups import ChannelGroup, PrunePlan
-from .graph.serialize import load_model, save_model
 from .graph.surgery import apply_plan
 from .graph.trace import Inputs, forward, trace_groups
 from .selection import SelectOptions, baseline, default_counter, select
+from .serialize import load_model, save_model
 from .types import PathLike, Scores
 from .utils.modes import evaluating, modes_kept
 
@@ -337,7 +337,7 @@ def save(model: nn.Module, path: PathLike, *, meta: dict[str, Any] | None = None
         example_inputs: a batch the model accepts; its shapes are stored so that :func:`load` runs the
             model once and refuses a file whose layer widths disagree.
 
-    See :func:`filterprune.graph.serialize.save_model`.
+    See :func:`filterprune.serialize.save_model`.
 
     >>> import torch, tempfile, os
     >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
@@ -366,6 +366,6 @@ def load(path: PathLike, model: nn.Module | None = None) -> nn.Module:
         CheckpointError: one line naming the file and the problem (corrupt, failed digest, malformed
             or inconsistent metadata, tensors that do not fit ``model``).
 
-    See :func:`filterprune.graph.serialize.load_model`.
+    See :func:`filterprune.serialize.load_model`.
     """
     return load_model(path, model)

@@ -7,7 +7,7 @@ then ``os.replace``, so a killed process never leaves a half-written checkpoint.
 Integrity: the header also holds ``"filterprune.sha256"``, a sha256 over the tensors in name order
 (for each: name, dtype, shape, then the raw bytes; :func:`tensor_digest`), checked on every read. It
 catches corruption and edits of the tensor data; it is not a signature (whoever edits a file can
-rewrite the digest too), so metadata is still validated where it is used (``graph/serialize.py``).
+rewrite the digest too), so metadata is still validated where it is used (``serialize.py``).
 Files written before the digest existed (e.g. ``benchmarks/weights/``) still
 load: they are reported once per file as unverified, with a warning in the log.
 

@@ -40,7 +40,7 @@ def no_data_loading(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("data was loaded before the arguments were checked")
 
-    for module in ("filterprune.train.run", "filterprune.workflows.prune_run", "filterprune.workflows.info",
+    for module in ("filterprune.workflows.train_run", "filterprune.workflows.prune_run", "filterprune.workflows.info",
                    "filterprune.data"):
         mod = __import__(module, fromlist=["load_data"])
         if hasattr(mod, "load_data"):

@@ -26,10 +26,10 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run one training job (:func:`~filterprune.train.run.run_training`) and print its summary as JSON;
+    """Run one training job (:func:`~filterprune.workflows.train_run.run_training`) and print its summary as JSON;
     returns 0.
     """
-    from ..train.run import run_training
+    from ..workflows.train_run import run_training
 
     cfg = run_config(args, RunConfig)
     summary = run_training(cfg, resume=args.resume, overwrite=args.overwrite, download=args.download)

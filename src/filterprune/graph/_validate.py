@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import CheckpointError
+from .ops import channel_attrs, expected_shapes
 
 MIN_BYTES_BOUND = 256 * 2**20
 BYTES_FACTOR = 1024
@@ -132,9 +133,6 @@ def validated_widths(path: Path, model: nn.Module, state: Mapping[str, Tensor],
 
     Pure: ``model`` is only read (it may live on the ``meta`` device).
     """
-    from .ops import channel_attrs
-    from .serialize import expected_shapes
-
     max_dim = max((max(t.shape, default=1) for t in state.values()), default=1)
     named = dict(model.named_modules())
     cls = type(model).__name__

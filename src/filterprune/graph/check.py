@@ -1,10 +1,7 @@
 """Checks that pruning did what it claims.
 
-* :func:`probe_channel_flow` (run by tracing): perturb a few channels of each group and verify that
-  they reach exactly the consumer slices the trace predicted. Every layer with separate input and
-  output channels (conv, Linear, shortcut) has its output pinned to the unperturbed value, so a
-  perturbation can travel only through channel-wise ops; any arrival outside the predicted slices (a
-  channel shuffle, a reduction over channels, an op the tracer misread) is a refusal.
+* :func:`~filterprune.graph.probe.probe_channel_flow` (run by tracing, in ``probe.py``): channels
+  arrive exactly where the trace says.
 * :func:`apply_plan_checked`: outputs of the masked model on a batch, then surgery, then outputs of
   the pruned model; they must agree (max abs difference reported, :class:`PruningError` above
   tolerance). ``prune`` runs this by default.
@@ -12,169 +9,20 @@
 
 from __future__ import annotations
 
-import functools
 import logging
-from collections import defaultdict
 from collections.abc import Sequence
 
-import torch
 from torch import nn
 
 from ..errors import PruningError
 from ..utils.modes import evaluating
+from ._tpgraph import Inputs, flat_outputs, forward
 from .groups import ChannelGroup, PrunePlan
 from .masking import masked_plan
-from .surgery import apply_plan, is_depthwise
-from .trace import PASS_THROUGH, Inputs, first_sample, flat_outputs, forward, is_mixer, map_tensors
+from .probe import copy_inputs
+from .surgery import apply_plan
 
 logger = logging.getLogger(__name__)
-
-
-def _probe_channels(size: int) -> list[int]:
-    return sorted({min(1, size - 1), size // 2, max(size - 2, 0)})
-
-
-def _changed(now: torch.Tensor, base: torch.Tensor, channel_dim: int) -> torch.Tensor:
-    """(P, C) bool: which channels of each probe row differ from the baseline.
-
-    Perturbations are ~10x the activations, so a loose tolerance tells them from float noise.
-    """
-    tol = 1e-4 * (1.0 + float(base.abs().max())) if base.numel() else 0.0
-    diff = (now - base).abs_().gt_(tol)
-    diff = diff.movedim(channel_dim, 1).reshape(diff.shape[0], diff.shape[channel_dim], -1)
-    return diff.any(-1)
-
-
-def probe_channel_flow(model: nn.Module, example_inputs: Inputs, groups: Sequence[ChannelGroup]) -> None:
-    """Verify by perturbation that each group's channels arrive exactly where its members say.
-
-    Three probe rows in one batched forward pass; each row perturbs one channel of every group at
-    once (with mixing layers pinned, perturbations of different groups cannot interact unless the
-    trace is wrong). Mixing layers do not run: they return their unperturbed output, plus the
-    perturbation where they produce a probed channel. On a violation, groups are re-probed one at a
-    time to name the culprit.
-
-    Raises:
-        PruningError: a channel reaches an input slice (or a model output) that tracing did not predict.
-    """
-    groups = [g for g in groups if not g.reaches_output and g.size > 1]
-    if not groups:
-        return
-    named = dict(model.named_modules())
-    x1 = first_sample(example_inputs)
-    base = _Baseline(model, named, x1)
-    picks = [_probe_channels(g.size) for g in groups]
-    rows = [[(g, p[(r + i) % len(p)]) for i, (g, p) in enumerate(zip(groups, picks, strict=True))] for r in range(3)]
-    if _violation(base, rows) is None:
-        return
-    for g in groups:
-        bad = _violation(base, [[(g, c)] for c in _probe_channels(g.size)])
-        if bad is not None:
-            raise PruningError(f"group {g.id}: {bad}")
-    raise PruningError(f"channels of several groups interact at {_violation(base, rows)}")
-
-
-class _Baseline:
-    """Unperturbed outputs of every mixer and inputs of every consumer, for one sample."""
-
-    def __init__(self, model: nn.Module, named: dict[str, nn.Module], x1: Inputs) -> None:
-        self.model, self.named, self.x1 = model, named, x1
-        self.mixers = {n for n, m in named.items() if is_mixer(m)}
-        self.consumers = {n for n, m in named.items() if is_mixer(m) or is_depthwise(m)}
-        self.out: dict[str, list[torch.Tensor]] = defaultdict(list)
-        self.inp: dict[str, list[torch.Tensor]] = defaultdict(list)
-        # clones: an in-place op later in the forward (ReLU(inplace=True)) must not edit what we keep
-        handles = [named[n].register_forward_hook(lambda mod, i, o, n=n: self.out[n].append(o.detach().clone()))
-                   for n in self.mixers]
-        handles += [named[n].register_forward_pre_hook(
-            lambda mod, i, n=n: self.inp[n].append(i[0].detach().clone())) for n in self.consumers]
-        try:
-            with evaluating(model):
-                self.y = flat_outputs(forward(model, _copy(x1)))
-        finally:
-            for h in handles:
-                h.remove()
-
-
-def _pinned_forward(pinned, name: str, *args, **kwargs) -> torch.Tensor:
-    return pinned(name)
-
-
-def _violation(base: _Baseline, rows: list[list[tuple[ChannelGroup, int]]]) -> str | None:
-    """Run one probe pass; describe the first unexpected arrival, or None."""
-    n_rows = len(rows)
-    producers: dict[str, list[tuple[int, tuple[int, ...]]]] = defaultdict(list)
-    expected: list[dict[str, set[int]]] = [defaultdict(set) for _ in rows]
-    for r, row in enumerate(rows):
-        for g, c in row:
-            for m in g.members:
-                expected[r][m.module].update(m.idxs[c])
-                if m.kind == "out":
-                    producers[m.module].append((r, m.idxs[c]))
-    gen = torch.Generator().manual_seed(0)
-
-    def perturb(name: str, out: torch.Tensor) -> torch.Tensor:
-        if name not in producers:
-            return out
-        out = out.clone() if out.is_contiguous() else out.contiguous()
-        scale = 10.0 * (1.0 + float(out.abs().max()))
-        axis = out.dim() - 1 if isinstance(base.named[name], nn.Linear) else 1  # a Linear's channels: last dim
-        for r, idxs in producers[name]:
-            for i in idxs:
-                at = (r, *([slice(None)] * (axis - 1)), i)
-                out[at] += scale * torch.randn(out[at].shape, generator=gen).to(out)
-        return out
-
-    calls: dict[str, int] = defaultdict(int)
-    seen: dict[str, list[torch.Tensor]] = defaultdict(list)
-
-    def pinned(name: str) -> torch.Tensor:
-        out = base.out[name][calls[name]]
-        calls[name] += 1
-        return perturb(name, out.expand(n_rows, *out.shape[1:]).contiguous())
-
-    def consumer_hook(mod, inputs, name):
-        ref = base.inp[name][len(seen[name])]
-        channel_dim = inputs[0].dim() - 1 if isinstance(mod, nn.Linear) else 1
-        seen[name].append(_changed(inputs[0], ref.expand_as(inputs[0]), channel_dim))
-
-    handles = []
-    for n, m in base.named.items():
-        if n in base.mixers:
-            m.forward = functools.partial(_pinned_forward, pinned, n)  # skip the computation
-        elif n in producers and isinstance(m, (*PASS_THROUGH, nn.modules.conv._ConvNd)):
-            handles.append(m.register_forward_hook(lambda mod, i, o, n=n: perturb(n, o)))
-        if n in base.consumers:
-            handles.append(m.register_forward_pre_hook(lambda mod, i, n=n: consumer_hook(mod, i, n)))
-    try:
-        with evaluating(base.model):
-            ys = flat_outputs(forward(base.model, _expand_rows(base.x1, n_rows)))
-    finally:
-        for h in handles:
-            h.remove()
-        for n in base.mixers:
-            del base.named[n].forward
-    for name, records in seen.items():
-        for changed in records:
-            for r in range(n_rows):
-                got = set(torch.nonzero(changed[r]).flatten().tolist())
-                extra = got - expected[r].get(name, set())
-                if extra:
-                    return (f"channel {rows[r][0][1]} reaches {name} input channels {sorted(extra)[:4]} that tracing "
-                            "did not predict (channel shuffle, reshape or an op the engine cannot follow)")
-    for y, y0 in zip(ys, base.y, strict=True):
-        if y.dim() and _changed(y, y0.expand_as(y), min(1, y.dim() - 1)).any():
-            return "its channels reach a model output by a path tracing did not see"
-    return None
-
-
-def _expand_rows(inputs: Inputs, rows: int) -> Inputs:
-    return map_tensors(inputs, lambda t: t.expand(rows, *t.shape[1:]).contiguous())
-
-
-def _copy(inputs: Inputs) -> Inputs:
-    """A fresh copy per forward pass: a model that edits its input in place must not see its own edits."""
-    return map_tensors(inputs, torch.clone)
 
 
 def max_abs_diff(a, b) -> tuple[float, float]:
@@ -209,10 +57,10 @@ def apply_plan_checked(
     """
     with evaluating(model):
         with masked_plan(model, groups, plan):
-            reference = forward(model, _copy(example_inputs))
+            reference = forward(model, copy_inputs(example_inputs))
         apply_plan(model, groups, plan)
         try:
-            pruned = forward(model, _copy(example_inputs))
+            pruned = forward(model, copy_inputs(example_inputs))
         except RuntimeError as e:
             raise PruningError(f"pruned model fails to run: {str(e).splitlines()[0]}") from None
     err, scale = max_abs_diff(reference, pruned)

@@ -18,13 +18,15 @@ The CIFAR ResNet's option-A shortcut (:class:`filterprune.models.cifar_resnet.Pa
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["LayerOp", "channel_attrs", "layer_op", "register_layer_op", "set_channel_attrs"]
+from ..types import NORM_LAYERS
+
+__all__ = ["LayerOp", "channel_attrs", "expected_shapes", "layer_op", "register_layer_op", "set_channel_attrs"]
 
 
 class LayerOp:
@@ -177,6 +179,31 @@ class _Opaque(torch.autograd.Function):
     @staticmethod
     def backward(ctx, *grads):  # noqa: ANN001
         raise RuntimeError("a registered layer op was run backward while opaque (tracing only)")
+
+
+def expected_shapes(m: nn.Module, attrs: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
+    """The shapes of ``m``'s own tensors implied by the channel attributes ``attrs`` (built-in kinds).
+
+    Registered layer operations return ``{}``: their tensors take the stored shapes as they are.
+    """
+    if layer_op(m) is not None:
+        return {}
+    if isinstance(m, nn.modules.conv._ConvNd):
+        cin, cout, g = attrs["in_channels"], attrs["out_channels"], attrs["groups"]
+        w = (cin, cout // g) if m.transposed else (cout, cin // g)
+        return {"weight": (*w, *m.kernel_size), "bias": (cout,)}
+    if isinstance(m, nn.Linear):
+        return {"weight": (attrs["out_features"], attrs["in_features"]), "bias": (attrs["out_features"],)}
+    if isinstance(m, NORM_LAYERS):
+        c = (attrs["num_features"],)
+        return {"weight": c, "bias": c, "running_mean": c, "running_var": c, "num_batches_tracked": ()}
+    if isinstance(m, nn.GroupNorm):
+        return {"weight": (attrs["num_channels"],), "bias": (attrs["num_channels"],)}
+    if isinstance(m, nn.LayerNorm):
+        return {"weight": tuple(attrs["normalized_shape"]), "bias": tuple(attrs["normalized_shape"])}
+    if isinstance(m, nn.PReLU):
+        return {"weight": (attrs["num_parameters"],)}
+    return {}
 
 
 def opaque_forward(module: nn.Module) -> Callable[..., Tensor]:

@@ -31,12 +31,21 @@ from .ops import layer_op
 
 logger = logging.getLogger(__name__)
 
+# Modules whose channel dims we know how to slice (here) and mask (masking.py).
+PASS_THROUGH = (*NORM_LAYERS, nn.PReLU)
+
 _CONV = nn.modules.conv._ConvNd
 
 
 def is_depthwise(m: nn.Module) -> bool:
     """A conv whose every group holds one input and one output channel."""
     return isinstance(m, _CONV) and m.groups > 1 and m.groups == m.in_channels == m.out_channels
+
+
+def is_mixer(m: nn.Module) -> bool:
+    """A layer whose input and output channels are separate dims (a conv that is not depthwise, a
+    Linear, a registered layer op): channels end at its input and new ones start at its output."""
+    return (isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)) or layer_op(m) is not None) and not is_depthwise(m)
 
 
 def dim_size(m: nn.Module, kind: str) -> int:

@@ -23,7 +23,7 @@ What the engine does with what it finds on a group's channel path:
   ``nn.Parameter``s and modules the engine cannot resize on a channel path. The message names the
   op and its module and gives the ``ignored_layers`` entry that keeps those channels whole.
 
-A channel-flow probe (:func:`filterprune.graph.check.probe_channel_flow`) then verifies every
+A channel-flow probe (:func:`filterprune.graph.probe.probe_channel_flow`) then verifies every
 prunable group by perturbation.
 
 >>> from filterprune.models import create_model
@@ -42,21 +42,19 @@ from torch import nn
 from torch_pruning import ops as tp_ops
 
 from ..errors import PruningError
-from ..types import NORM_LAYERS
 from ._record import OpRecorder, describe
 from ._ties import merge_coupled, tie_channels
 from ._tpgraph import Inputs, build_graph, first_sample, flat_outputs, forward, map_tensors
 from .groups import ChannelGroup, Member
 from .ops import layer_op
-from .surgery import dim_size, is_depthwise
+from .probe import probe_channel_flow
+from .surgery import PASS_THROUGH, dim_size, is_depthwise, is_mixer
 
 __all__ = ["PASS_THROUGH", "Inputs", "first_sample", "flat_outputs", "forward", "is_mixer", "map_tensors",
            "trace_groups"]
 
 logger = logging.getLogger(__name__)
 
-# Modules whose channel dims we know how to slice (surgery.py) and mask (masking.py).
-PASS_THROUGH = (*NORM_LAYERS, nn.PReLU)
 _UNRESIZABLE = (nn.MultiheadAttention, nn.RNNBase, nn.Embedding)
 # grad_fn names (lower case) of ops that move channels or that we cannot follow.
 _MOVING_OPS = ("index", "gather", "scatter", "roll", "flip", "unknown", "bmm", "matmul", "einsum", "mm")
@@ -64,12 +62,6 @@ _OWN_OPS = (nn.Linear, nn.modules.conv._ConvNd)
 _REGROUPING_OPS = ("pixelshuffle", "pixelunshuffle", "channelshuffle", "nativechannelshuffle")
 _REDUCTIONS = ("mean", "sum", "amax", "amin", "max", "min", "std", "var", "softmax", "logsoftmax",
                "norm", "cumsum", "prod", "logsumexp")
-
-
-def is_mixer(m: nn.Module) -> bool:
-    """A layer whose input and output channels are separate dims (a conv that is not depthwise, a
-    Linear, a registered layer op): channels end at its input and new ones start at its output."""
-    return (isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)) or layer_op(m) is not None) and not is_depthwise(m)
 
 
 def _resolve_names(model: nn.Module, layers: Iterable[str | nn.Module] | None) -> set[str]:
@@ -294,7 +286,5 @@ def trace_groups(
     result = sorted(groups.values(), key=lambda g: order[g.id])
     logger.debug("traced %d groups (%d prunable)", len(result), sum(g.prunable for g in result))
     if probe:
-        from .check import probe_channel_flow
-
         probe_channel_flow(model, example_inputs, [g for g in result if g.prunable])
     return result

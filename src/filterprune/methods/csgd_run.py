@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ..api import PruneReport, StepRecord, conv_widths
-from ..config import TrainConfig, parse_options
+from ..config import TrainConfig
 from ..errors import PruningError
 from ..graph.trace import Inputs, map_tensors, trace_groups
 from ..metrics import count
@@ -316,25 +316,3 @@ def squeeze(
         max_error=result.logit_diff,
     )
     return CSGDResult(report, result, clusters, history)
-
-
-def squeeze_run(run_cfg, model: nn.Module, splits, train_loader: Any, val_loader: Iterable | None,
-                run_dir: PathLike, resume: bool = False) -> CSGDResult:
-    """:func:`squeeze` for ``filterprune train`` (a :class:`~filterprune.config.RunConfig` with
-    ``csgd.squeeze_to`` set): the reference is ``run_cfg.model`` at width ``squeeze_to``.
-
-    Raises:
-        ValueError: ``squeeze_to`` is not below ``width_mult``, or bad options.
-    """
-    from ..train.run import build_model
-    from ..workflows.common import example_input
-
-    target = run_cfg.csgd.squeeze_to
-    if not 0 < target < run_cfg.width_mult:
-        raise ValueError(f"csgd.squeeze_to ({target:g}) must lie between 0 and width_mult ({run_cfg.width_mult:g})")
-    options = CSGDOptions.from_kwargs(parse_options(run_cfg.csgd.options))
-    narrow = dataclasses.replace(run_cfg, width_mult=target, pretrained="", csgd=dataclasses.replace(run_cfg.csgd, squeeze_to=0.0))
-    reference = build_model(narrow, splits)
-    x = example_input(splits.train).to(_device_of(model))
-    return squeeze(model, reference, x, train_loader, val_loader, run_cfg.train, seed=run_cfg.train.seed,
-                   options=options, run_dir=run_dir, resume=resume)

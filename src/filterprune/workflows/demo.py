@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from ..config import PruneConfig, PruneRunConfig, RunConfig, TrainConfig
-from ..train.run import run_training
 from ..utils.io import open_run_folder
 from .prune_run import run_prune
+from .train_run import run_training
 
 DEMO_TRAIN = TrainConfig(epochs=12, batch_size=64, lr=0.05, warmup_epochs=1, device="cpu")
 DEMO_FINETUNE = TrainConfig(epochs=4, batch_size=64, lr=0.01, device="cpu")

@@ -169,32 +169,7 @@ def method_names() -> list[str]:
 def method_for(cfg: PruneRunConfig) -> Method:
     """The method that runs ``cfg``: the one registered under ``--criterion``, else ``iterative`` with
     ``--step-ratio``, else ``scores``. A criterion's own method may refuse ``--step-ratio``."""
-    _register_builtins()
     p = cfg.prune
     if p.criterion in METHODS and (p.step_ratio is None or p.criterion in method_names()):
         return METHODS.create(p.criterion)
     return METHODS.create("iterative" if p.step_ratio is not None else "scores")
-
-
-_BUILTINS: list[bool] = []
-
-
-def _register_builtins() -> None:
-    """Register the built-in methods on first use (keeps imports one-way: methods/ never imports workflows/)."""
-    if _BUILTINS:
-        return
-    _BUILTINS.append(True)
-    from ..methods._csgd_stages import csgd_stages
-    from . import _scored  # noqa: F401  (registers scores, car, car-classwise, iterative)
-
-    def csgd(job: PruneJob) -> MethodResult:
-        result = csgd_stages(job)
-        return MethodResult(result.report, {"csgd": result.summary()}, finetuned=True, history=result.history)
-
-    register_method(Method(
-        "csgd", csgd, description="C-SGD: cluster, centripetal training (the fine-tune epochs), trim",
-        extends={"finetune.epochs": "increase", "finetune.keep_checkpoints": "any",
-                 "prune.criterion_options.force": "any", "prune.criterion_options.max_deviation": "any"},
-        reopens={"finetune.epochs": "csgd.centripetal", "prune.criterion_options.force": "csgd.trim",
-                 "prune.criterion_options.max_deviation": "csgd.trim"},
-    ))

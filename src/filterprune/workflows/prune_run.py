@@ -95,10 +95,10 @@ def _run(cfg: PruneRunConfig, runner: Runner, method, download: bool) -> dict[st
     from ..graph.trace import trace_groups
     from ..metrics import count, measure_latency
     from ..selection import Baseline, baseline
-    from ..train.run import loaders
     from ..utils.env import environment
     from ..utils.seed import pick_device, seed_everything
     from .common import resolve_model
+    from .train_run import loaders
 
     out = runner.folder
     if not (out / "env.json").exists():

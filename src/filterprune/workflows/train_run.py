@@ -1,23 +1,32 @@
-"""``run_training``: a whole training run from a :class:`RunConfig`, as ``filterprune train`` does it."""
+"""``run_training``: a whole training run from a :class:`RunConfig`, as ``filterprune train`` does it.
+
+With ``csgd.squeeze_to`` set, the run is C-SGD's "train wider, then squeeze" (:func:`squeeze_run`).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
-from ..config import RunConfig, to_dict
+from ..api import save
+from ..config import RunConfig, parse_options, to_dict
 from ..data import BatchLoader, DataSplits, load_data
 from ..errors import CheckpointError, DataError
+from ..methods.csgd_run import CSGDOptions, CSGDResult, squeeze
 from ..models import create_model
+from ..train.loop import evaluate, fit
+from ..types import PathLike
 from ..utils.env import environment
 from ..utils.io import atomic_write, atomic_write_json, check_run_folder, open_run_folder
 from ..utils.resume import check_resume, dump_yaml_text, saved_config
 from ..utils.seed import pick_device, seed_everything
-from .loop import evaluate, fit
+from .common import example_input, resolve_model
 
 logger = logging.getLogger(__name__)
 
@@ -29,8 +38,6 @@ def build_model(cfg: RunConfig, splits: DataSplits) -> nn.Module:
     ``workflows/common.py``).
     """
     if ":" in cfg.model:
-        from ..workflows.common import resolve_model
-
         return resolve_model(cfg.model, cfg.pretrained or None, splits.train)
     kwargs: dict[str, Any] = {"num_classes": splits.train.num_classes, "in_chans": splits.train.in_chans}
     if cfg.width_mult != 1.0:
@@ -102,8 +109,6 @@ def _train(cfg: RunConfig, out: Path, resume: bool, download: bool) -> dict[str,
     start = evaluate(model, val, device)
     squeezed = None
     if cfg.csgd.squeeze_to > 0:  # C-SGD "train wider, then squeeze": centripetal training, then trim
-        from ..methods.csgd_run import squeeze_run
-
         squeezed = squeeze_run(cfg, model, splits, train, val, out, resume=resume)
         history = squeezed.history
     else:
@@ -125,10 +130,26 @@ def _train(cfg: RunConfig, out: Path, resume: bool, download: bool) -> dict[str,
         final_test = evaluate(model, test, device)
         summary.update(test_acc=final_test["acc"], test_loss=final_test["loss"],
                        test_per_class_acc=final_test["per_class_acc"])
-    from ..api import save
-    from ..workflows.common import example_input
-
     save(model, out / "model.safetensors", meta={"summary": {k: v for k, v in summary.items() if k != "config"}},
          example_inputs=example_input(splits.train).to(device))
     atomic_write_json(out / "summary.json", summary)
     return summary
+
+
+def squeeze_run(run_cfg, model: nn.Module, splits, train_loader: Any, val_loader: Iterable | None,
+                run_dir: PathLike, resume: bool = False) -> CSGDResult:
+    """:func:`squeeze` for ``filterprune train`` (a :class:`~filterprune.config.RunConfig` with
+    ``csgd.squeeze_to`` set): the reference is ``run_cfg.model`` at width ``squeeze_to``.
+
+    Raises:
+        ValueError: ``squeeze_to`` is not below ``width_mult``, or bad options.
+    """
+    target = run_cfg.csgd.squeeze_to
+    if not 0 < target < run_cfg.width_mult:
+        raise ValueError(f"csgd.squeeze_to ({target:g}) must lie between 0 and width_mult ({run_cfg.width_mult:g})")
+    options = CSGDOptions.from_kwargs(parse_options(run_cfg.csgd.options))
+    narrow = dataclasses.replace(run_cfg, width_mult=target, pretrained="", csgd=dataclasses.replace(run_cfg.csgd, squeeze_to=0.0))
+    reference = build_model(narrow, splits)
+    x = example_input(splits.train).to(next(model.parameters()).device)
+    return squeeze(model, reference, x, train_loader, val_loader, run_cfg.train, seed=run_cfg.train.seed,
+                   options=options, run_dir=run_dir, resume=resume)

@@ -38,42 +38,18 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..checkpoint import read_checkpoint, save_checkpoint
-from ..errors import CheckpointError
-from ..types import NORM_LAYERS, PathLike
-from ._validate import check_arch_size, check_inputs_run, validated_record, validated_widths
-from .ops import channel_attrs, layer_op, set_channel_attrs
+from .checkpoint import read_checkpoint, save_checkpoint
+from .errors import CheckpointError
+from .graph._validate import check_arch_size, check_inputs_run, validated_record, validated_widths
+from .graph.ops import channel_attrs, set_channel_attrs
+from .models import create_model, list_models
+from .types import PathLike
 
 logger = logging.getLogger(__name__)
 
 FORMAT = "filterprune.model/2"
 READABLE = ("filterprune.model/1", FORMAT)  # /1: registry models only, no ``inputs``
 RESERVED = ("format", "arch", "modules", "code_version", "inputs")
-
-def expected_shapes(m: nn.Module, attrs: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
-    """The shapes of ``m``'s own tensors implied by the channel attributes ``attrs`` (built-in kinds).
-
-    Registered layer operations return ``{}``: their tensors take the stored shapes as they are.
-    """
-    if layer_op(m) is not None:
-        return {}
-    if isinstance(m, nn.modules.conv._ConvNd):
-        cin, cout, g = attrs["in_channels"], attrs["out_channels"], attrs["groups"]
-        w = (cin, cout // g) if m.transposed else (cout, cin // g)
-        return {"weight": (*w, *m.kernel_size), "bias": (cout,)}
-    if isinstance(m, nn.Linear):
-        return {"weight": (attrs["out_features"], attrs["in_features"]), "bias": (attrs["out_features"],)}
-    if isinstance(m, NORM_LAYERS):
-        c = (attrs["num_features"],)
-        return {"weight": c, "bias": c, "running_mean": c, "running_var": c, "num_batches_tracked": ()}
-    if isinstance(m, nn.GroupNorm):
-        return {"weight": (attrs["num_channels"],), "bias": (attrs["num_channels"],)}
-    if isinstance(m, nn.LayerNorm):
-        return {"weight": tuple(attrs["normalized_shape"]), "bias": tuple(attrs["normalized_shape"])}
-    if isinstance(m, nn.PReLU):
-        return {"weight": (attrs["num_parameters"],)}
-    return {}
-
 
 def _code_version() -> str:
     try:
@@ -153,7 +129,6 @@ def save_model(model: nn.Module, path: PathLike, *, meta: dict[str, Any] | None 
 def _build_registered(path: Path, arch: dict[str, Any], modules: dict[str, Any],
                       state: Mapping[str, Tensor]) -> nn.Module:
     """Build the registry model ``arch`` names, after checking it on the ``meta`` device (no memory)."""
-    from ..models import create_model, list_models
 
     args = {k: v for k, v in arch.items() if k not in ("name", "class")}
     name = arch["name"]

@@ -1,0 +1,27 @@
+"""The built-in prune methods, registered on import (``workflows/__init__.py`` imports this module).
+
+``scores``, ``iterative``, ``car`` and ``car-classwise`` live in ``workflows/_scored.py``; ``csgd`` runs
+the C-SGD stages of ``methods/_csgd_stages.py``. Registering here, above both, keeps the imports
+one-way: ``workflows/methods.py`` (the registry) imports neither.
+"""
+
+from __future__ import annotations
+
+from ..methods._csgd_stages import csgd_stages
+from . import _scored  # noqa: F401  (registers scores, car, car-classwise, iterative)
+from .methods import Method, MethodResult, PruneJob, register_method
+
+
+def csgd(job: PruneJob) -> MethodResult:
+    """C-SGD as a prune method: cluster, centripetal training (the fine-tune epochs), trim."""
+    result = csgd_stages(job)
+    return MethodResult(result.report, {"csgd": result.summary()}, finetuned=True, history=result.history)
+
+
+register_method(Method(
+    "csgd", csgd, description="C-SGD: cluster, centripetal training (the fine-tune epochs), trim",
+    extends={"finetune.epochs": "increase", "finetune.keep_checkpoints": "any",
+             "prune.criterion_options.force": "any", "prune.criterion_options.max_deviation": "any"},
+    reopens={"finetune.epochs": "csgd.centripetal", "prune.criterion_options.force": "csgd.trim",
+             "prune.criterion_options.max_deviation": "csgd.trim"},
+))
