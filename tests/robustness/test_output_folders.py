@@ -203,7 +203,7 @@ def test_full_disk_during_a_run_is_one_line(box, monkeypatch, capsys):
     def full(path, obj, **k):
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
-    import filterprune.train.run as run_mod
+    import filterprune.workflows.train_run as run_mod
 
     monkeypatch.setattr(run_mod, "atomic_write_json", full)
     capsys.readouterr()
