@@ -10,7 +10,7 @@ Nothing is pickled. Per compressed layer ``L`` (a conv or linear weight) the fil
 
 and every other state-dict tensor (biases, BatchNorm) as it is, under ``dense/<key>``. The metadata
 (``"filterprune"`` header key) has ``format``, ``arch``/``modules`` (how to rebuild the possibly
-filter-pruned architecture, as :mod:`filterprune.graph.serialize` does) and per layer ``shape``,
+filter-pruned architecture, as :mod:`filterprune.serialize` does) and per layer ``shape``,
 ``bits``, ``gap_bits``, ``entries``, ``symbol_nbits``, ``run_nbits``, ``original_weights``.
 
 :func:`size_report` counts bits as stored: a layer's ``compressed_bits`` is 8 x the bytes of its
@@ -104,7 +104,7 @@ def write_compressed(model: nn.Module, shared: dict[str, SharedLayer], path: Pat
     Raises:
         ValueError: the model has no ``filterprune_cfg`` or a layer's weight differs from its codebook.
     """
-    from ..graph.serialize import module_shapes
+    from ..serialize import module_shapes
 
     arch = getattr(model, "filterprune_cfg", None)
     if not isinstance(arch, dict) or "name" not in arch:
@@ -187,7 +187,7 @@ def decompress(path: PathLike) -> nn.Module:
         CheckpointError: see :func:`read_compressed`, or the streams do not decode to the architecture.
     """
     from ..graph._validate import validated_widths
-    from ..graph.serialize import _build_registered, resize
+    from ..serialize import _build_registered, resize
 
     path = Path(path)
     tensors, meta = read_compressed(path)
