@@ -100,7 +100,10 @@ def test_channel_shuffle_is_refused():
     model, x = build("shuffle")
     with pytest.raises(PruningError, match="shuffle") as e:
         trace_groups(model, x)
-    assert "\n" not in str(e.value)
+    msg = str(e.value)
+    assert "\n" not in msg and "view in the model forward (ShuffleNet)" in msg
+    groups = _by_id(trace_groups(model, x, ignored_layers=ast.literal_eval(msg.split("ignored_layers=")[1])))
+    assert not groups["gconv1"].prunable and groups["conv1"].prunable
 
 
 def test_probe_catches_a_shuffle_the_op_check_misses(monkeypatch):

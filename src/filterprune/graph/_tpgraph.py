@@ -94,6 +94,25 @@ class _OpPruner(BasePruningFunc):
         return self.op.in_channels(layer)
 
 
+class _Widthless(BasePruningFunc):
+    """PReLU as a pass-through layer of the width it had in the traced forward pass: for ``PReLU()``
+    (one shared slope) torch-pruning would report 1 and map a following flatten wrongly."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.widths: dict[nn.Module, int] = {}
+
+    def prune_out_channels(self, layer: nn.Module, idxs) -> nn.Module:
+        return layer
+
+    prune_in_channels = prune_out_channels
+
+    def get_out_channels(self, layer: nn.Module) -> int | None:
+        return self.widths.get(layer)
+
+    get_in_channels = get_out_channels
+
+
 class _Graph(tp.DependencyGraph):
     """Torch-pruning's graph, minus the edges of operands broadcast over the channel axis."""
 
@@ -106,11 +125,12 @@ class _Graph(tp.DependencyGraph):
         return super()._build_dependency(module2node)
 
     def unmap_slices(self) -> None:
-        """Slices map indices one to one, within the sliced tensor's width (their groups are kept
-        whole anyway): torch-pruning's offset mapping through a slice inside a residual loop grows the
-        indices without end, and its group search never terminates."""
+        """Slices, splits and unbinds map indices one to one, within the cut tensor's width (their groups
+        are kept whole anyway): torch-pruning's offset mapping through a slice inside a residual loop
+        grows the indices without end (its group search never terminates), and through chained
+        uneven splits it indexes past its offsets list (IndexError)."""
         for node in self.module2node.values():
-            if isinstance(node.module, tp_ops._SliceOp):
+            if isinstance(node.module, (tp_ops._SliceOp, tp_ops._SplitOp, tp_ops._UnbindOp)):
                 info = self.recorder.info.get(node.grad_fn) if self.recorder is not None else None
                 shape = info.in_shapes[0][1] if info is not None and info.in_shapes else ()
                 limit = max(shape) if shape else 0
@@ -170,10 +190,6 @@ def build_graph(model: nn.Module, example_inputs: Inputs) -> tuple[tp.Dependency
     produced: dict[int, nn.Module] = {}
     outputs: set[nn.Module] = set()
 
-    def record(module, inputs, out):
-        if isinstance(out, torch.Tensor):
-            produced[id(out)] = module
-
     def run(m, x):
         # Our own forward_fn: torch-pruning's default first tries model(*x), which for a single tensor
         # unpacks the batch, and for a batch of one silently traces an unbatched call.
@@ -181,7 +197,16 @@ def build_graph(model: nn.Module, example_inputs: Inputs) -> tuple[tp.Dependency
         outputs.update(produced[id(t)] for t in flat_outputs(out) if id(t) in produced)
         return out
 
-    pruners = {type(m): _OpPruner(op) for m in model.modules() if (op := layer_op(m)) is not None}
+    pruners: dict = {type(m): _OpPruner(op) for m in model.modules() if (op := layer_op(m)) is not None}
+    widthless = _Widthless()
+    pruners[nn.PReLU] = widthless  # (torch-pruning 1.6.1 cannot key a pruner by instance)
+
+    def record(module, inputs, out):
+        if isinstance(out, torch.Tensor):
+            produced[id(out)] = module
+            if isinstance(module, nn.PReLU):
+                widthless.widths[module] = int(out.shape[1]) if out.dim() > 1 else 1
+
     hooks = [m.register_forward_hook(record) for m in model.modules() if m is not model]
     try:
         with _tracing(model), recording(model) as rec:

@@ -63,8 +63,9 @@ def probe_channel_flow(model: nn.Module, example_inputs: Inputs, groups: Sequenc
     for g in groups:
         bad = _violation(base, [[(g, c)] for c in _probe_channels(g.size)])
         if bad is not None:
-            raise PruningError(f"group {g.id}: {bad}")
-    raise PruningError(f"channels of several groups interact at {_violation(base, rows)}")
+            raise PruningError(f"group {g.id}: {bad}; to keep these channels whole pass ignored_layers={[g.id]!r}")
+    raise PruningError(f"channels of several groups interact at {_violation(base, rows)}; to keep them whole pass "
+                       f"ignored_layers={[g.id for g in groups]!r}")
 
 
 class _Baseline:

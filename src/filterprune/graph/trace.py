@@ -57,7 +57,8 @@ logger = logging.getLogger(__name__)
 
 _UNRESIZABLE = (nn.MultiheadAttention, nn.RNNBase, nn.Embedding)
 # grad_fn names (lower case) of ops that move channels or that we cannot follow.
-_MOVING_OPS = ("index", "gather", "scatter", "roll", "flip", "unknown", "bmm", "matmul", "einsum", "mm")
+_MIXING_OPS = ("unknown", "bmm", "matmul", "einsum", "mm")  # refused wherever they act
+_MOVING_OPS = ("index", "gather", "scatter", "roll", "flip")  # refused on the channel axis (when recorded)
 _OWN_OPS = (nn.Linear, nn.modules.conv._ConvNd)
 _REGROUPING_OPS = ("pixelshuffle", "pixelunshuffle", "channelshuffle", "nativechannelshuffle")
 _REDUCTIONS = ("mean", "sum", "amax", "amin", "max", "min", "std", "var", "softmax", "logsoftmax",
@@ -91,8 +92,10 @@ def _op_issue(node, rec: OpRecorder, model: nn.Module) -> tuple[str, str] | None
     name = grad_fn.name().lower() if grad_fn is not None and hasattr(grad_fn, "name") else "unknown"
     where = describe(info, model, f"{grad_fn.name() if grad_fn is not None else 'an op'}")
     if isinstance(op, (tp_ops._SplitOp, tp_ops._UnbindOp, tp_ops._SliceOp)):
-        if info is not None and not info.touches and isinstance(op, tp_ops._SliceOp):
-            return None  # a slice of a spatial axis
+        if info is not None and not info.touches:
+            if isinstance(op, tp_ops._SliceOp):
+                return None  # a slice of a spatial axis
+            return "keep", f"{where} splits another axis, which the tracer maps as channels"
         return "keep", f"{where} cuts the channel axis into pieces of fixed size"
     if isinstance(op, tp_ops._ConcatOp):
         dim = getattr(grad_fn, "_saved_dim", 1)
@@ -122,7 +125,9 @@ def _op_issue(node, rec: OpRecorder, model: nn.Module) -> tuple[str, str] | None
         if dims is None or 1 in {_wrap_dim(int(d), 4) for d in dims}:
             return "keep", f"{where} reduces over the channels"
         return None
-    if any(k in base for k in _MOVING_OPS) or (info is not None and info.touches):
+    moving = any(k in base for k in _MIXING_OPS) or (
+        info.touches if info is not None else any(k in base for k in _MOVING_OPS))
+    if moving:
         return "refuse", f"{where} moves or selects channels in a way the trace cannot follow"
     return None
 
@@ -251,7 +256,13 @@ def trace_groups(
     groups: dict[str, ChannelGroup] = {}
     refused: list[tuple[str, str]] = []
     roots = (nn.modules.conv._ConvNd, nn.Linear, *{type(m) for m in names if layer_op(m) is not None})
-    for tp_group in dg.get_all_groups(root_module_types=roots):
+    try:
+        tp_groups = list(dg.get_all_groups(root_module_types=roots))
+    except (IndexError, KeyError, TypeError) as e:  # torch-pruning's own index mapping failed
+        raise PruningError(f"the dependency tracer (torch-pruning) failed on this model ({type(e).__name__}: "
+                           f"{str(e).splitlines()[0] if str(e) else ''}); chained splits of the channel axis "
+                           "are a known cause") from None
+    for tp_group in tp_groups:
         outs = [it.dep.target.module for it in tp_group
                 if it.dep.target.module in names and dg.is_out_channel_pruning_fn(it.dep.handler)
                 and isinstance(it.dep.target.module, roots)]
