@@ -41,7 +41,7 @@ def no_data_loading(monkeypatch):
         raise AssertionError("data was loaded before the arguments were checked")
 
     for module in ("filterprune.workflows.train_run", "filterprune.workflows.prune_run", "filterprune.workflows.info",
-                   "filterprune.data"):
+                   "filterprune.workflows.car_scores", "filterprune.data"):
         mod = __import__(module, fromlist=["load_data"])
         if hasattr(mod, "load_data"):
             monkeypatch.setattr(mod, "load_data", refuse)
@@ -234,6 +234,23 @@ def test_demo_target_out_of_range(box, capsys, no_data_loading):
 ])
 def test_export_flags(box, digits_ckpt, extra, needle, capsys, no_data_loading):
     box.refuses(["export", "--weights", digits_ckpt, "--out", "m.onnx", *extra], capsys, needle)
+
+
+@pytest.mark.parametrize("extra,needle", [
+    (["--eval-images", "0"], "--eval-images must be an integer >= 1"),
+    (["--batch-size", "0"], "--batch-size must be an integer >= 1"),
+    (["--options", "kk=3"], "--options 'kk': not an option of car"),
+    (["--options", "k=0"], "--options refused by car"),
+    (["--data", "nowhere"], "--data 'nowhere' is neither a path"),
+])
+def test_car_scores_flags(box, digits_ckpt, extra, needle, capsys, no_data_loading):
+    argv = ["car-scores", "--weights", digits_ckpt, "--data", "digits", "--out", "s.json"]
+    box.refuses([*argv, *extra], capsys, needle)
+
+
+def test_car_scores_cifar_checkpoint_with_digits(box, cifar_ckpt, capsys, no_data_loading):
+    box.refuses(["car-scores", "--weights", cifar_ckpt, "--data", "digits", "--out", "s.json"], capsys,
+                "expects 3x32x32", "gives 1x8x8")
 
 
 def test_eval_batch_size(box, digits_ckpt, capsys, no_data_loading):

@@ -377,6 +377,8 @@ BOMBS = {
     "gif 65535x65535": ("gif", lambda: _gif_claiming(65535, 65535)),
     "bmp 30000x30000": ("bmp", lambda: _bmp_claiming(30000, 30000)),
     "jpeg 60000x60000": ("jpg", lambda: _jpeg_claiming(60000, 60000)),
+    "ppm 100000x100000": ("ppm", lambda: b"P6\n100000 100000\n255\n" + bytes(192)),
+    "pgm 12000x12000 (Pillow only warns)": ("pgm", lambda: b"P5\n12000 12000\n255\n" + bytes(64)),
 }
 
 

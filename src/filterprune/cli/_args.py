@@ -144,12 +144,13 @@ def criterion_options() -> dict[str, list[str]]:
     return dict(sorted(names.items()))
 
 
-def check_criterion(name: str, options: str = "", key: str = "prune.criterion") -> None:
+def check_criterion(name: str, options: str = "", key: str = "prune.criterion", options_key: str | None = None
+                    ) -> None:
     """Refuse an unknown criterion name, an option key it does not take, or an option value it refuses."""
     valid = criterion_options()
     if name not in valid:
         raise config_error(key, f"{name!r} is not a criterion; valid: {', '.join(valid)}")
-    opts_key = key.rpartition(".")[0] + ".criterion_options" if "." in key else "criterion_options"
+    opts_key = options_key or (key.rpartition(".")[0] + ".criterion_options" if "." in key else "criterion_options")
     check_options(name, parse_options(options, key=opts_key), opts_key)
 
 
@@ -316,3 +317,14 @@ def check_export_args(args: argparse.Namespace) -> None:
     if not args.weights and not args.model:
         raise config_error("weights", "or --model is required: say which model to export")
     check_fields(args, {"batch": POSITIVE_INT, "atol": POSITIVE})
+
+
+def check_car_scores_args(args: argparse.Namespace) -> None:
+    """``filterprune car-scores``' flags, before the model or the data is loaded."""
+    from ..config import POSITIVE_INT, SEED, check_fields
+
+    check_weights_file(args.weights, "weights")
+    check_data_spec(args.data)
+    check_fields(args, {"eval_images": POSITIVE_INT, "batch_size": POSITIVE_INT, "seed": SEED})
+    check_criterion(args.criterion, args.options, key="criterion", options_key="options")
+    check_model_fits_data("", args.weights, args.data)

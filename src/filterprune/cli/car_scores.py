@@ -28,7 +28,9 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     """Compute and write the scores (:func:`~filterprune.workflows.car_scores.car_scores`); returns 0."""
     from ..workflows.car_scores import car_scores
+    from ._args import check_car_scores_args
 
+    check_car_scores_args(args)
     car_scores(args.weights, args.data, args.out, eval_images=args.eval_images, batch_size=args.batch_size,
                seed=args.seed, criterion=args.criterion, options=args.options)
     return 0
