@@ -189,7 +189,8 @@ def fit(
         if not torch.isfinite(loss_sum):
             kept = _latest_checkpoint(ckpt_dir) if ckpt_dir is not None else None
             where = f"; the last good checkpoint is {kept}" if kept else ""
-            raise TrainingError(f"training diverged in epoch {epoch + 1} (loss is not finite); lower the lr (--lr){where}")
+            raise TrainingError(f"training diverged in epoch {epoch + 1} (loss is not finite); lower the lr "
+                                f"(--lr; prune: --finetune-lr){where}")
         train_time = time.perf_counter() - t0
         record: dict[str, Any] = {
             "epoch": epoch,
