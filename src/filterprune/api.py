@@ -27,6 +27,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from .distributed import broadcast_object
 from .graph.check import apply_plan_checked
 from .graph.groups import ChannelGroup, PrunePlan
 from .graph.surgery import apply_plan
@@ -267,7 +268,7 @@ def prune(
         removed, errs = 0, []
         if layer_ratios:
             cumulative = functools.partial(_cumulative, step=step, steps=steps, schedule=schedule)
-            fixed = _layer_plan(groups, scores, layer_ratios, base, cumulative, min_channels)
+            fixed = broadcast_object(_layer_plan(groups, scores, layer_ratios, base, cumulative, min_channels))
             if fixed.prune_idxs:
                 errs.append(apply_plan_checked(model, groups, fixed, example_inputs) if check else None)
                 if not check:
@@ -279,6 +280,7 @@ def prune(
         if options is not None:
             plan = select(model, example_inputs, groups, scores, dataclasses.replace(options, **{name: goal}),
                           base=base, counter=counter)
+            plan = broadcast_object(plan)  # under torchrun: rank 0's selection, surgery on every rank
             errs.append(apply_plan_checked(model, groups, plan, example_inputs) if check else None)
             if not check:
                 apply_plan(model, groups, plan)

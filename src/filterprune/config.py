@@ -115,6 +115,8 @@ class TrainConfig:
         seed: seeds the initialisation, the data order and the augmentation.
         device: ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
         keep_checkpoints: per-epoch checkpoints kept on disk (the newest ones; 0 keeps all).
+        sync_bn: under ``torchrun``, BatchNorm trains on the statistics of the global batch (one
+            process's numbers); else each process normalises with its own share.
     """
 
     epochs: int = 10
@@ -134,6 +136,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     keep_checkpoints: int = 0
+    sync_bn: bool = False
 
     def __post_init__(self) -> None:
         if self.schedule not in ("cosine", "step", "constant"):

@@ -22,7 +22,8 @@ import torch.distributed as dist
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["all_reduce_max", "all_reduce_sum", "current_shard", "init_distributed"]
+__all__ = ["all_reduce_max", "all_reduce_sum", "broadcast_object", "current_shard", "finish_distributed",
+           "init_distributed"]
 
 
 def current_shard() -> tuple[int, int]:
@@ -59,6 +60,12 @@ def _all_reduce(t: torch.Tensor, op) -> torch.Tensor:
     return buf.to(t.device)
 
 
+def finish_distributed() -> None:
+    """Close the default process group if one is open (every process, at the end of a command)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     """Sum ``t`` over all processes (returns ``t`` itself when not distributed); result on ``t``'s device."""
     return _all_reduce(t, dist.ReduceOp.SUM)
@@ -67,3 +74,16 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
 def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
     """Element-wise maximum of ``t`` over all processes (``t`` itself when not distributed)."""
     return _all_reduce(t, dist.ReduceOp.MAX)
+
+
+def broadcast_object(obj, src: int = 0):
+    """``obj`` of process ``src`` on every process (no-op in one process).
+
+    It travels pickled (``torch.distributed.broadcast_object_list``), so use it only for objects
+    this program made itself (a plan, clusters), never for anything read from a file.
+    """
+    if current_shard()[1] == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]

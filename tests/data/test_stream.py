@@ -137,3 +137,9 @@ def test_in_memory_shards_put_together_are_the_single_process_batches(train):
         assert torch.equal(torch.cat([p[i][1] for p in parts]), y)
     with pytest.raises(DataError, match="multiple"):
         BatchLoader(splits.train, 61, train=True, shard=(0, 2))
+
+
+def test_make_loader_passes_the_shard_to_the_in_memory_loader():
+    train = load_data("digits").train
+    loader = make_loader(train, 64, train=True, shard=(1, 2))
+    assert loader.shard == (1, 2) and next(iter(loader))[0].shape[0] == 32

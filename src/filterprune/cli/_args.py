@@ -90,7 +90,7 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type, *, prefix: str =
             item = next(a for a in args if a is not Ellipsis)
             kwargs.update(nargs="*", type=item, metavar=f.name.upper().removesuffix("S") if item is str else None)
         elif base is bool:
-            kwargs.update(type=_parse_bool, metavar="BOOL")
+            kwargs.update(type=_parse_bool, metavar="BOOL", nargs="?", const=True)  # bare --flag means true
         else:
             kwargs.update(type=base)
         parser.add_argument(flag, **kwargs)

@@ -50,8 +50,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     if extra:  # reported by the command's own parser, so the line names the command
         args.parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True)
+    from ..distributed import finish_distributed, init_distributed
+
+    rank, world = init_distributed()  # under torchrun: one process group for the whole command
+    logging.basicConfig(level=logging.WARNING if args.quiet or rank > 0 else logging.INFO,
+                        format=(f"rank{rank} " if world > 1 else "") + "%(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr, force=True)
     set_progress(not args.quiet and sys.stderr.isatty())
     # SIGTERM unwinds like Ctrl-C: a run records why it stopped (run_state.json) and releases its lock.
     signal.signal(signal.SIGTERM, _terminated)
@@ -71,6 +75,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        finish_distributed()
 
 
 def _terminated(signum, frame) -> None:

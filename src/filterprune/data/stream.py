@@ -320,8 +320,9 @@ def make_loader(ds, batch_size: int, *, train: bool, device: str | torch.device 
         return StreamLoader(ds, batch_size, train=train, device=device, seed=seed, **kwargs)
     from .loader import BatchLoader
 
-    kwargs.pop("num_workers", None)
-    kwargs.pop("shard", None)
+    kwargs.pop("num_workers", None)  # in memory: nothing to decode
+    if kwargs.get("shard") is None:
+        kwargs.pop("shard", None)
     return BatchLoader(ds, batch_size, train=train, device=device, seed=seed, **kwargs)
 
 

@@ -20,6 +20,7 @@ from ..graph.groups import PrunePlan
 from ..graph.trace import trace_groups
 from ..metrics import count
 from ..selection import SelectOptions
+from ..train.ddp import is_main
 from ..utils.io import atomic_write
 from ._clusters import cluster_groups, target_widths
 from ._slots import Deviation
@@ -45,7 +46,7 @@ def csgd_stages(job: Any) -> CSGDResult:
     clusters = run("csgd.clusters", lambda: cluster_groups(
         job.model, trace_groups(job.model, job.x, probe=False), widths, method=opts.clustering, seed=p.seed,
         include_bn=opts.include_bn, n_init=opts.n_init))
-    if not (job.folder / "centripetal" / "clusters.json").exists():
+    if is_main() and not (job.folder / "centripetal" / "clusters.json").exists():
         atomic_write(job.folder / "centripetal" / "clusters.json", json.dumps(clusters, indent=1))
 
     def centripetal() -> list[dict[str, Any]]:

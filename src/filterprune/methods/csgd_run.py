@@ -28,6 +28,7 @@ from ..errors import PruningError
 from ..graph.trace import Inputs, map_tensors, trace_groups
 from ..metrics import count
 from ..selection import SelectOptions
+from ..train.ddp import broadcast_object, broadcast_state, is_main
 from ..train.loop import fit
 from ..types import PathLike
 from ._clusters import CLUSTERINGS, Clusters, cluster_groups, load_clusters, save_clusters, target_widths
@@ -155,8 +156,10 @@ def trim_checked(model, groups, clusters, opts: CSGDOptions, probe) -> TrimResul
     """:func:`~filterprune.methods._trim.trim` with ``opts``, measured and checked on ``probe``."""
     if probe is not None:
         probe = probe.to(_device_of(model))
-    return trim(model, groups, clusters, example_inputs=probe, keep=opts.keep, max_deviation=opts.max_deviation,
-                force=opts.force, check_inputs=probe)
+    result = trim(model, groups, clusters, example_inputs=probe, keep=opts.keep, max_deviation=opts.max_deviation,
+                  force=opts.force, check_inputs=probe)
+    broadcast_state(model)  # under torchrun every rank trimmed the same weights; rank 0's copy makes it exact
+    return result
 
 
 def _train_and_trim(model, groups, clusters, train_loader, val_loader, cfg, opts, run_dir, resume, probe):
@@ -221,7 +224,8 @@ def csgd_prune(
                            data=train_loader, seed=seed)
     clusters = cluster_groups(model, groups, widths, method=opts.clustering, seed=seed,
                               include_bn=opts.include_bn, n_init=opts.n_init)
-    if run_dir is not None:
+    clusters = broadcast_object(clusters)  # under torchrun: rank 0's clusters everywhere
+    if run_dir is not None and is_main():
         Path(run_dir).mkdir(parents=True, exist_ok=True)
         save_clusters(clusters, Path(run_dir) / "clusters.json")
     history, result = _train_and_trim(model, groups, clusters, train_loader, val_loader, cfg, opts, run_dir,

@@ -22,6 +22,7 @@ from torch import nn
 
 from ..checkpoint import read_checkpoint, save_checkpoint
 from ..config import TrainConfig, to_dict
+from ..distributed import current_shard
 from ..errors import CheckpointError, FilterpruneError
 from ..types import PathLike
 from ..utils.io import atomic_write
@@ -52,7 +53,9 @@ def evaluate(
 ) -> dict[str, Any]:
     """Top-1 accuracy (percent), mean cross-entropy and per-class accuracy over ``loader``.
 
-    The model is put in eval mode for the pass and every submodule's previous mode restored.
+    The model is put in eval mode for the pass and every submodule's previous mode restored. A
+    loader sharded over ``torch.distributed`` processes (``loader.shard[1] > 1``) has its sums
+    reduced over them, so every process returns the figures of the whole set.
     """
     device = pick_device(device)
     loss_sum, correct, n = 0.0, 0, 0
@@ -73,6 +76,14 @@ def evaluate(
                 hits, counts = torch.zeros(k), torch.zeros(k)
             hits += torch.bincount(y[pred == y].cpu(), minlength=k)[:k].float()
             counts += torch.bincount(y.cpu(), minlength=k)[:k].float()
+    if getattr(loader, "shard", (0, 1))[1] > 1:
+        from .ddp import reduce_sums
+
+        if hits is None:
+            raise ValueError("evaluate(): every process needs at least one batch of a sharded loader")
+        loss_sum, correct, n, *rest = reduce_sums(loss_sum, correct, n, *hits.tolist(), *counts.tolist())
+        k = len(hits)
+        hits, counts = torch.tensor(rest[:k]), torch.tensor(rest[k:])
     if n == 0:
         raise ValueError("evaluate() got an empty loader")
     per_class = (100 * hits / counts.clamp(min=1)).tolist()
@@ -118,6 +129,7 @@ def fit(
         val_loader: evaluated after every epoch (selection happens here, never on the test split).
         cfg: the recipe.
         run_dir: where ``metrics.jsonl`` and per-epoch checkpoints go; ``None`` writes nothing.
+            Under ``torchrun`` only rank 0 writes; every rank reads the checkpoint to resume.
         hooks: training-time methods (see :class:`TrainHook`).
         resume: continue from the newest checkpoint in ``run_dir``.
     """
@@ -128,7 +140,6 @@ def fit(
     no_decay = set().union(*(h.no_weight_decay(model) for h in hooks)) if hooks else set()
     optimizer = build_optimizer(model, cfg, no_decay)
     scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" and cfg.amp == "fp16" else None
-    steps_per_epoch = len(train_loader)
     run_dir = Path(run_dir) if run_dir is not None else None
     ckpt_dir = run_dir / "checkpoints" if run_dir else None
     history: list[dict[str, Any]] = []
@@ -145,17 +156,32 @@ def fit(
         _load_train_state(optimizer, tensors)
         start_epoch = meta["epoch"] + 1
         history = [r for r in _read_metrics(run_dir) if r["epoch"] < start_epoch]
-        _write_metrics(run_dir, history)
+        if current_shard()[0] == 0:  # under torchrun only rank 0 writes
+            _write_metrics(run_dir, history)
         logger.info("resumed from %s at epoch %d", latest, start_epoch)
 
     for hook in hooks:
         hook.on_fit_start(model, optimizer)
 
+    from .ddp import is_main, synced_batchnorm, wrap_ddp
+
+    with synced_batchnorm(model, cfg.sync_bn):
+        net = wrap_ddp(model, device)  # the model itself in one process; hooks always see ``model``
+        history = _epochs(model, net, optimizer, scaler, train_loader, val_loader, cfg, hooks, device,
+                          start_epoch, history, run_dir if is_main() else None, ckpt_dir)
+    return history
+
+
+def _epochs(model, net, optimizer, scaler, train_loader, val_loader, cfg, hooks, device, start_epoch,
+            history, run_dir, ckpt_dir) -> list[dict[str, Any]]:
+    from .ddp import barrier, reduce_sums
+
+    steps_per_epoch = len(train_loader)
     for epoch in range(start_epoch, cfg.epochs):
         if hasattr(train_loader, "set_epoch"):
             train_loader.set_epoch(epoch)
         torch.manual_seed(cfg.seed * 100_003 + epoch)  # anything stochastic in the model (dropout)
-        model.train()
+        net.train()
         t0 = time.perf_counter()
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
@@ -167,7 +193,7 @@ def fit(
             for group in optimizer.param_groups:
                 group["lr"] = lr
             with _autocast(device, cfg.amp):
-                logits = model(x)
+                logits = net(x)
                 loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             if scaler is not None:
@@ -186,7 +212,8 @@ def fit(
             correct += (logits.detach().argmax(1) == y).sum()
             seen += y.numel()
             step += 1
-        if not torch.isfinite(loss_sum):
+        loss_total, correct_total, seen = reduce_sums(loss_sum, correct, seen)  # over the processes
+        if not torch.isfinite(torch.tensor(loss_total)):
             kept = _latest_checkpoint(ckpt_dir) if ckpt_dir is not None else None
             where = f"; the last good checkpoint is {kept}" if kept else ""
             raise TrainingError(f"training diverged in epoch {epoch + 1} (loss is not finite); lower the lr "
@@ -195,8 +222,8 @@ def fit(
         record: dict[str, Any] = {
             "epoch": epoch,
             "lr": lr_at(cfg, step - 1, steps_per_epoch),
-            "train_loss": loss_sum.item() / max(seen, 1),
-            "train_acc": 100.0 * correct.item() / max(seen, 1),
+            "train_loss": loss_total / max(seen, 1),
+            "train_acc": 100.0 * correct_total / max(seen, 1),
             "epoch_time_s": train_time,
             "train_images_per_s": seen / train_time,
         }
@@ -212,6 +239,7 @@ def fit(
             _save_epoch(model, optimizer, cfg, ckpt_dir, epoch, step)
             _write_metrics(run_dir, history)
             kill_point(f"{run_dir.name}/epoch_{epoch:03d}")
+        barrier()  # the checkpoint is on disk before any process goes on
     return history
 
 

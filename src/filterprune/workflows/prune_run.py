@@ -59,8 +59,20 @@ def run_prune(cfg: PruneRunConfig, *, download: bool = False, resume: bool = Fal
         ResumeError: ``resume`` with a flag that differs from the saved run (named).
         PruningError, ValueError, TrainingError: the run stopped; the message says what is kept.
     """
+    from ..train.ddp import barrier, is_main
+
     out = Path(cfg.out)
     method = method_for(cfg)
+    if not is_main():  # under torchrun rank 0 owns the folder; the others compute along, writing nothing
+        barrier()  # rank 0 has claimed the folder and written config.yaml (or failed: torchrun stops us)
+        runner = Runner(out, seed=cfg.prune.seed, resume=resume)
+        if resume:  # the stages rank 0 runs again, run again here too
+            changes = check_resume(saved_config(PruneRunConfig, out), cfg, {**COMMON_EXTENDS, **method.extends})
+            reopens = {**COMMON_REOPENS, **method.reopens}
+            for key in changes:
+                if key in reopens:
+                    runner.reopen(reopens[key])
+        return _run(cfg, runner, method, download)
     inputs = [cfg.weights] if cfg.weights not in ("", "auto") else []
     changes = {}
     if resume:  # refused before the folder is claimed: a refusal changes nothing in it
@@ -69,6 +81,7 @@ def run_prune(cfg: PruneRunConfig, *, download: bool = False, resume: bool = Fal
     with open_run_folder(out, "prune", resume=resume, overwrite=overwrite, owned=PRUNE_FILES, inputs=inputs) as run:
         atomic_write(out / "config.yaml", dump_yaml_text(cfg))
         runner = Runner(out, seed=cfg.prune.seed, resume=resume)
+        barrier()
         reopens = {**COMMON_REOPENS, **method.reopens}
         for key in changes:
             if key in reopens:
@@ -101,7 +114,7 @@ def _run(cfg: PruneRunConfig, runner: Runner, method, download: bool) -> dict[st
     from .train_run import loaders
 
     out = runner.folder
-    if not (out / "env.json").exists():
+    if runner.writer and not (out / "env.json").exists():
         atomic_write_json(out / "env.json", environment())
     seed_everything(cfg.prune.seed)
     splits = load_data(cfg.data, val_fraction=cfg.val_fraction, download=download)
@@ -155,9 +168,13 @@ def _run(cfg: PruneRunConfig, runner: Runner, method, download: bool) -> dict[st
         "config": to_dict(cfg),
         **result.summary,
     }
-    save(job.model, out / "model.safetensors",
-         meta={"summary": {k: summary[k] for k in ("base", "pruned", "finetuned")}}, example_inputs=x)
-    atomic_write_json(out / "summary.json", summary)
+    if runner.writer:
+        save(job.model, out / "model.safetensors",
+             meta={"summary": {k: summary[k] for k in ("base", "pruned", "finetuned")}}, example_inputs=x)
+        atomic_write_json(out / "summary.json", summary)
     runner.finish()
+    from ..train.ddp import barrier
+
+    barrier()  # the folder is complete before any process exits
     summary["table"] = result.report.table()
     return summary

@@ -20,6 +20,11 @@ centripetal training, the trim. The runner
 Fine-tunes checkpoint every epoch themselves (:func:`filterprune.train.fit`); their stage resumes from
 the newest epoch checkpoint.
 
+Under ``torchrun`` every process runs every stage (the work inside may be collective: DDP training,
+sharded evaluation), then each stage's result is rank 0's (``broadcast_object``), so all processes
+continue from the same scores, plan and clusters; only rank 0 writes the folder, and every process
+reads it on resume.
+
 Test hook: ``FILTERPRUNE_TEST_KILL_AT=<point>[:<SIGNAL>]`` makes the process send itself ``SIGNAL``
 (default ``KILL``) when it reaches ``<point>``: a stage name (at its start), or
 ``<fit folder>/epoch_NNN`` (right after that epoch's checkpoint). The kill-and-resume tests use it to
@@ -71,7 +76,10 @@ class Runner:
     """
 
     def __init__(self, folder: Path, *, seed: int, resume: bool) -> None:
+        from ..distributed import current_shard
+
         self.folder = Path(folder)
+        self.writer = current_shard()[0] == 0  # under torchrun only rank 0 writes
         self.stages_dir = self.folder / "stages"
         self.seed = seed
         self.model: nn.Module | None = None
@@ -96,7 +104,8 @@ class Runner:
         return state
 
     def _save(self) -> None:
-        atomic_write_json(self.folder / STATE, self.state)
+        if self.writer:
+            atomic_write_json(self.folder / STATE, self.state)
 
     def _record(self, name: str) -> dict[str, Any] | None:
         return next((s for s in self.state["stages"] if s["name"] == name), None)
@@ -159,7 +168,12 @@ class Runner:
         kill_point(name)
         seed_everything(stage_seed(self.seed, name))
         t0 = time.perf_counter()
-        result = fn()
+        from ..distributed import broadcast_object
+
+        result = broadcast_object(fn())  # under torchrun: rank 0's result in every process
+        if not self.writer:
+            rec.update(done=True, seconds=round(time.perf_counter() - t0, 3))
+            return result
         stored = self._encode(index, name, result)
         if snapshot:
             if self.model is None:

@@ -16,10 +16,11 @@ from torch import nn
 
 from ..api import save
 from ..config import RunConfig, parse_options, to_dict
-from ..data import BatchLoader, DataSplits, load_data
+from ..data import DataSplits, load_data
 from ..errors import CheckpointError, DataError
 from ..methods.csgd_run import CSGDOptions, CSGDResult, squeeze
 from ..models import create_model
+from ..train.ddp import barrier, is_main
 from ..train.loop import evaluate, fit
 from ..types import PathLike
 from ..utils.env import environment
@@ -49,11 +50,19 @@ def build_model(cfg: RunConfig, splits: DataSplits) -> nn.Module:
 
 
 def loaders(splits: DataSplits, batch_size: int, eval_batch_size: int, device: str, seed: int):
-    """(train, val, test) batch loaders; test is ``None`` when the data has no test split."""
-    dev = pick_device(device)
-    train = BatchLoader(splits.train, batch_size, train=True, device=dev, seed=seed)
-    val = BatchLoader(splits.val, eval_batch_size, train=False, device=dev)
-    test = BatchLoader(splits.test, eval_batch_size, train=False, device=dev) if splits.test is not None else None
+    """(train, val, test) batch loaders; test is ``None`` when the data has no test split.
+
+    Under ``torchrun`` each process gets its share of every global batch (``batch_size`` stays the
+    global batch) and of the evaluation sets; ``evaluate`` reduces over the processes. Streamed
+    image folders (``data/stream.py``) get a :class:`~filterprune.data.stream.StreamLoader`.
+    """
+    from ..data.stream import make_loader
+    from ..distributed import current_shard
+
+    dev, shard = pick_device(device), current_shard()
+    train = make_loader(splits.train, batch_size, train=True, device=dev, seed=seed, shard=shard)
+    val = make_loader(splits.val, eval_batch_size, train=False, device=dev, shard=shard)
+    test = make_loader(splits.test, eval_batch_size, train=False, device=dev, shard=shard) if splits.test is not None else None
     return train, val, test
 
 
@@ -81,12 +90,16 @@ def run_training(cfg: RunConfig, *, resume: bool = False, overwrite: bool = Fals
         TrainingError: the loss became NaN/inf (the last good checkpoint is kept).
     """
     out = Path(cfg.out)
+    if not is_main():  # under torchrun rank 0 owns the folder; the others only train
+        barrier()  # rank 0 has claimed the folder (or failed, and torchrun stops everyone)
+        return _train(cfg, out, resume, download)
     inputs = [cfg.pretrained] if cfg.pretrained not in ("", "auto") else []
     if resume:  # refused before the folder is claimed: a refusal changes nothing in it
         check_run_folder(out, "train", resume=True, overwrite=overwrite)
         check_resume(saved_config(RunConfig, out), cfg, TRAIN_EXTENDS)
     with open_run_folder(out, "train", resume=resume, overwrite=overwrite, owned=TRAIN_FILES, inputs=inputs) as run:
         atomic_write(out / "config.yaml", dump_yaml_text(cfg))
+        barrier()
         try:
             return _train(cfg, out, resume, download)
         except (DataError, CheckpointError):  # bad data or weights, found while loading: before any epoch
@@ -102,7 +115,8 @@ def _train(cfg: RunConfig, out: Path, resume: bool, download: bool) -> dict[str,
     logger.info("data: %s", splits.describe())
     model = build_model(cfg, splits)
     train, val, test = loaders(splits, cfg.train.batch_size, cfg.train.eval_batch_size, cfg.train.device, cfg.train.seed)
-    atomic_write_json(out / "env.json", environment())
+    if is_main():
+        atomic_write_json(out / "env.json", environment())
     resume = resume and (out / "checkpoints").is_dir() and any((out / "checkpoints").glob("epoch_*.safetensors"))
 
     device = pick_device(cfg.train.device)
@@ -130,9 +144,11 @@ def _train(cfg: RunConfig, out: Path, resume: bool, download: bool) -> dict[str,
         final_test = evaluate(model, test, device)
         summary.update(test_acc=final_test["acc"], test_loss=final_test["loss"],
                        test_per_class_acc=final_test["per_class_acc"])
-    save(model, out / "model.safetensors", meta={"summary": {k: v for k, v in summary.items() if k != "config"}},
-         example_inputs=example_input(splits.train).to(device))
-    atomic_write_json(out / "summary.json", summary)
+    if is_main():
+        save(model, out / "model.safetensors", meta={"summary": {k: v for k, v in summary.items() if k != "config"}},
+             example_inputs=example_input(splits.train).to(device))
+        atomic_write_json(out / "summary.json", summary)
+    barrier()
     return summary
 
 
