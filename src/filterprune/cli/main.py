@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -53,6 +54,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ..distributed import finish_distributed, init_distributed
 
     rank, world = init_distributed()  # under torchrun: one process group for the whole command
+    if rank > 0:  # only rank 0 prints results; the others log warnings and errors only
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the life of the process
     logging.basicConfig(level=logging.WARNING if args.quiet or rank > 0 else logging.INFO,
                         format=(f"rank{rank} " if world > 1 else "") + "%(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr, force=True)
