@@ -62,6 +62,8 @@ def main() -> None:
     p.add_argument("--layer-bits", type=int, default=5)
     p.add_argument("--layer-gap-bits", type=int, default=5)
     p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--prune-epochs", type=int, default=None, help="retraining after magnitude pruning (default: --epochs)")
+    p.add_argument("--tag", default="", help="suffix of the container names (resnet20_compressed_<criterion><tag>)")
     p.add_argument("--train-images", type=int, default=12000)
     p.add_argument("--lr", type=float, default=0.01)
     p.add_argument("--share-lr", type=float, default=0.001)
@@ -75,12 +77,12 @@ def main() -> None:
     runs = {}
     base_metrics = None
     for criterion in args.criteria:
-        artifact = Path(args.weights_dir) / f"resnet20_compressed_{criterion}.safetensors"
+        artifact = Path(args.weights_dir) / f"resnet20_compressed_{criterion}{args.tag}.safetensors"
         options = CompressOptions(
             sparsity=args.sparsity, conv_bits=args.bits, fc_bits=args.bits, conv_gap_bits=args.gap_bits,
             fc_gap_bits=args.gap_bits, layers={args.layer: LayerOptions(args.layer_sparsity, args.layer_bits, args.layer_gap_bits)},
             filter_layer=args.layer, filter_ratio=args.filter_ratio, filter_criterion=criterion,
-            car_images=args.car_images, car_k=args.car_k, prune_epochs=args.epochs, share_epochs=args.epochs,
+            car_images=args.car_images, car_k=args.car_k, prune_epochs=args.epochs if args.prune_epochs is None else args.prune_epochs, share_epochs=args.epochs,
             share_lr=args.share_lr, train_images=args.train_images)
         t = time.perf_counter()
         # the decompressed weights are compared bit for bit with the evaluated ones inside compress_model
@@ -109,7 +111,7 @@ def main() -> None:
         "experiment": "CAR (vs L1) filter pruning of one ResNet-20 layer, then Deep Compression of the network",
         "command": "OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/compression.py " + " ".join(
             f"--{k.replace('_', '-')} {' '.join(v) if isinstance(v, list) else v}"
-            for k, v in vars(args).items() if k not in ("weights", "data", "out", "weights_dir")),
+            for k, v in vars(args).items() if k not in ("weights", "data", "out", "weights_dir") and v not in (None, "")),
         "weights": _rel(Path(args.weights)),
         "layer": args.layer,
         **{k: main_run[k] for k in ("artifact", "layer_ratio", "layer_ratio_with_bn", "first_conv",
