@@ -49,7 +49,8 @@ def _rel(path: Path) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--weights", default=str(ROOT / "benchmarks/weights/resnet20_cifar10jpeg_base.safetensors"))
-    p.add_argument("--data", default=str(Path("/work/shared/data/cifar10") if not (ROOT.parent / "shared/data/cifar10").exists() else ROOT.parent / "shared/data/cifar10"))
+    p.add_argument("--data", default=str(ROOT.parent / "shared/data/cifar10"),
+                   help="the CIFAR-10 JPEG copy (default: ../shared/data/cifar10 next to the repository)")
     p.add_argument("--layer", default="layer3.1.conv1")
     p.add_argument("--criteria", nargs="+", default=["car", "l1"])
     p.add_argument("--filter-ratio", type=float, default=0.125)
