@@ -91,6 +91,7 @@ def iter_pooled(
     device: torch.device | str = "cpu",
     num_classes: int | None = None,
     shard: tuple[int, int] = (0, 1),
+    interleave: bool = True,
 ) -> Iterator[tuple[Tensor, Tensor]]:
     """Pooled outputs of ``blocks``, one batch at a time: yields ``(x, y)``, ``(b, F)`` float32 and ``(b,)`` int64.
 
@@ -100,6 +101,8 @@ def iter_pooled(
         shard: ``(rank, world)``: this process reads batches ``rank, rank + world, ...`` of ``data``
             (every image read by exactly one process) and takes its share of ``samples`` and of
             every class quota (``quota // world``, the first ``quota % world`` ranks one more).
+        interleave: read only every ``world``-th batch; ``False`` when ``data`` already is this
+            process's shard (a loader built with ``shard=``), so only the quotas are split.
     """
     if pooling not in POOLINGS:
         raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
@@ -147,7 +150,7 @@ def iter_pooled(
     try:
         with evaluating(model):  # eval mode, no grad, flags restored
             for index, (x, y) in enumerate(data):
-                if index % world != rank:
+                if interleave and index % world != rank:
                     continue
                 y = y.detach().cpu().long()
                 keep = _select(y, quota, other_quota, taken, taken_other, samples, n)

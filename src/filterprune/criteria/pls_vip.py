@@ -90,7 +90,8 @@ class PLSVIP(Criterion):
         reduce: ``"mean"`` or ``"max"`` over the columns of a channel tied across several convs.
         distributed: under ``torch.distributed`` (``"auto"``: when a process group is initialised,
             or ``True`` / ``False``), process ``r`` of ``w`` reads batches ``r, r + w, ...`` of
-            ``ctx.data`` and its share of ``samples``; the cross products are summed over processes.
+            ``ctx.data`` (or all of it, when ``ctx.data`` is a loader already sharded with
+            ``shard=``) and its share of ``samples``; the cross products are summed over processes.
             With ``samples=None`` the scores equal one process's.
     """
 
@@ -153,13 +154,16 @@ class PLSVIP(Criterion):
         blocks, owner = self.columns(model, groups)
         num_classes = _num_classes(model, ctx.example_inputs)
         shard = current_shard() if self.distributed in ("auto", True) else (0, 1)
+        sharded_data = getattr(ctx.data, "shard", (0, 1))[1] > 1  # a loader that yields this process's share
         start = time.perf_counter()
         stats = CrossProducts(len(owner), num_classes or 0)
         for x, y in iter_pooled(model, ctx.data, blocks, samples=self.samples, pooling=self.pooling,
-                                device=ctx.resolved_device(), num_classes=num_classes, shard=shard):
+                                device=ctx.resolved_device(), num_classes=num_classes, shard=shard,
+                                interleave=not sharded_data):
             k = max(num_classes or 0, int(y.max()) + 1)
             stats.update(x, F.one_hot(y, k))  # (B, F), (B, K): folded into float64 cross products
-        stats.all_reduce()  # every process: the statistics of all images
+        if shard[1] > 1:
+            stats.all_reduce()  # every process: the statistics of all images
         if stats.n == 0:
             raise ScoringError("pls-vip: the data yielded no image")
         collected = time.perf_counter()
