@@ -27,6 +27,13 @@ Purity. Gradients are taken with ``torch.autograd.grad`` on detached aliases of 
 ``torch.func.functional_call`` with cloned buffers: the model's ``.grad``, ``requires_grad``, running
 statistics and parameters are never touched; train/eval flags are restored and the global RNG state
 is forked.
+
+Data-parallel processes (``torchrun``). When ``ctx.data`` is a loader that yields this process's share
+of every global batch (``shard = (rank, world)`` with ``world > 1``, see
+:class:`~filterprune.data.BatchLoader`), each process computes ``t_b`` from the gradient of its own
+share's mean loss; since ``t_b`` is linear in the gradient, the global batch's ``t_b`` is the
+share-size-weighted mean ``sum_r n_r t_b^(r) / sum_r n_r``, gathered with one ``all_reduce`` per batch
+before squaring. Every process then holds the single-process scores (up to float summation order).
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ import torch
 from torch import Tensor
 from torch.func import functional_call
 
+from ..distributed import all_reduce_sum
 from ..graph.groups import ChannelGroup
 from ..types import Scores
 from ..utils.modes import modes_kept
@@ -75,6 +83,8 @@ class Taylor(Criterion):
         buffers = {n: b.clone() for n, b in model.named_buffers()}  # BN updates in train mode land here
         sums: dict[str, Tensor] = {}
         n_batches = 0
+        world = getattr(ctx.data, "shard", (0, 1))[1]  # > 1: each batch is this process's share
+        sizes = [g.size for g in groups]
         device = ctx.resolved_device()
         rng_devices = [device] if device.type == "cuda" else []  # fork_rng restores these RNGs too
         with modes_kept(model):
@@ -90,12 +100,21 @@ class Taylor(Criterion):
                         for (n, p), g in zip(params.items(), grads, strict=True)
                         if g is not None
                     }
-                    for group in groups:
-                        t = self._channel_sum(ctx, group, kinds, wg)  # t_b[c] = sum_{s in S_c} w_s g_s
+                    ts = [self._channel_sum(ctx, g, kinds, wg) for g in groups]  # t_b[c] = sum_{s in S_c} w_s g_s
+                    if world > 1:
+                        ts = self._global_batch(ts, sizes, len(y))
+                    for group, t in zip(groups, ts, strict=True):
                         sums[group.id] = sums[group.id] + t.pow(2) if group.id in sums else t.pow(2)
                     n_batches += 1
         logger.debug("taylor: scored %d groups on %d batches", len(groups), n_batches)
         return {gid: s / n_batches for gid, s in sums.items()}  # mean over batches of t_b^2
+
+    @staticmethod
+    def _global_batch(ts: list[Tensor], sizes: list[int], n: int) -> list[Tensor]:
+        """The global batch's ``t_b`` from every process's share (module docstring): one all-reduce of
+        ``n_r * t_b^(r)`` and ``n_r``."""
+        flat = all_reduce_sum(torch.cat([*ts, torch.ones(1)]) * float(n))  # (sum C + 1,)
+        return list((flat[:-1] / flat[-1]).split(sizes))
 
     @staticmethod
     def _channel_sum(ctx: ScoringContext, group: ChannelGroup, kinds: tuple[str, ...], wg: dict[str, Tensor]) -> Tensor:
