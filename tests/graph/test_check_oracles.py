@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from filterprune.errors import PruningError
-from filterprune.graph.check import apply_plan_checked
+from filterprune.graph.check import apply_plan_checked, max_abs_diff
 from filterprune.graph.groups import PrunePlan
 from filterprune.graph.trace import trace_groups
 from models_zoo import build
@@ -103,3 +103,39 @@ def test_tolerance_scales_with_rtol():
     model, x = _model(0.01)
     with pytest.raises(PruningError, match="differs from the masked one"):
         apply_plan_checked(model, _mis_sliced(trace_groups(model, x)), PrunePlan({"stem": [2]}), x, rtol=1e-5)
+
+
+def test_tolerance_is_relative_to_the_output_scale():
+    # the same mis-slice on a model whose logits are 100x larger: the error scales with them and
+    # stays under rtol * scale (an absolute or inverted tolerance would refuse it)
+    model, x = _model(0.01)
+    with torch.no_grad():
+        model.fc.weight *= 100
+        model.fc.bias *= 100
+    y_masked, y_pruned, scale = _by_hand(model, x)
+    err = float((y_masked - y_pruned).abs().max())
+    assert 1e-4 < err < 1e-4 * scale and scale > 10
+    got = apply_plan_checked(model, _mis_sliced(trace_groups(model, x)), PrunePlan({"stem": [2]}), x)
+    assert got == pytest.approx(err, rel=1e-3)
+
+
+def test_absolute_floor_when_rtol_is_zero():
+    # a correct plan differs from the masked model by float rounding only: below the 1e-6 floor
+    model, x = build("residual")
+    err = apply_plan_checked(model, trace_groups(model, x), PrunePlan({"stem": [2], "block1.conv1": [0, 5]}), x, rtol=0)
+    assert 0.0 <= err <= 1e-6
+
+
+def test_max_abs_diff_refuses_outputs_of_another_structure():
+    a = (torch.zeros(2, 3), torch.zeros(2, 4))
+    for b in ((torch.zeros(2, 3),), (torch.zeros(2, 3), torch.zeros(2, 5))):  # one output fewer; a shape differs
+        with pytest.raises(PruningError) as e:
+            max_abs_diff(a, b)
+        assert str(e.value) == "pruned model's output shapes differ from the original's"
+
+
+def test_max_abs_diff_by_hand():
+    a = (torch.tensor([[1.0, -4.0]]), torch.zeros(0), torch.tensor([2.0]))
+    b = (torch.tensor([[1.5, -4.0]]), torch.zeros(0), torch.tensor([-1.0]))
+    assert max_abs_diff(a, b) == (3.0, 4.0)  # max |a - b| over outputs, max |a|; empty outputs skipped
+    assert max_abs_diff((torch.zeros(0),), (torch.zeros(0),)) == (0.0, 0.0)
