@@ -4,6 +4,8 @@
 #
 #   benchmarks/mutation.sh                                 # every configured module ([tool.mutmut])
 #   benchmarks/mutation.sh src/filterprune/selection.py    # one module (a path glob under src/)
+#   benchmarks/mutation.sh src/filterprune/selection.py 'filterprune.selection.x__candidates__mutmut_*'
+#                                                          # ... only some mutants (mutmut name globs)
 #   MUTMUT_TESTS="tests/test_selection.py tests/test_selection_oracles.py" \
 #       benchmarks/mutation.sh src/filterprune/selection.py   # ... against a focused set of tests
 #   python benchmarks/mutation_report.py                   # -> benchmarks/results/mutation_report.{json,md}
@@ -16,6 +18,7 @@
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 only=${1:-}
+shift || true
 name=$(printf '%s' "${only:-all}" | sed 's#^src/filterprune/##; s#[/*.]#_#g')
 work=${MUTMUT_DIR:-/tmp/filterprune-mutation/$name}
 mkdir -p "$work"
@@ -39,4 +42,4 @@ echo "mutation testing ${only:-the configured modules} in $work" >&2
 cd "$work"
 unset PYTHONPATH          # the tests must import the mutated copy in mutants/src
 export OMP_NUM_THREADS=1
-exec mutmut run --max-children "${MUTMUT_CHILDREN:-1}"
+exec mutmut run --max-children "${MUTMUT_CHILDREN:-1}" "$@"

@@ -107,3 +107,52 @@ def test_mean_normalisation_ranks_groups_of_different_sizes():
     assert plan.prune_idxs == {"0": [0], "2": [0, 1]}
     plan = select(model, x, groups, scaled, SelectOptions(ratio=0.3, normalize="none"))
     assert plan.prune_idxs == {"2": [0, 1, 2]}
+
+
+def test_an_ignored_first_group_leaves_the_later_ones_to_selection():
+    assert _plan(SelectOptions(ratio=0.5, ignored_layers=("0",), normalize="none")) == {"2": [0, 1, 2, 3]}
+
+
+def test_groups_at_min_channels_cannot_lose_a_channel():
+    model, x, groups = _chain()
+    with pytest.raises(PruningError, match="cannot reach ratio=0.0625"):
+        select(model, x, groups, _low_high(groups), SelectOptions(ratio=0.0625, min_channels=8))
+
+
+def test_a_baseline_without_a_group_counts_its_current_width():
+    model, x, groups = _chain()
+    plan = select(model, x, groups, _low_high(groups), SelectOptions(ratio=0.5, max_ratio=0.5, normalize="none"),
+                  base=Baseline(0, 0, {}))
+    assert plan.prune_idxs == {"0": [0, 1, 2, 3], "2": [0, 1, 2, 3]}
+
+
+def test_non_finite_scores_are_refused_by_name():
+    model, x, groups = _chain()
+    scores = _low_high(groups)
+    scores["0"][3] = float("nan")
+    with pytest.raises(ValueError, match=r"^scores for group 0 are not all finite$"):
+        select(model, x, groups, scores, SelectOptions(ratio=0.25))
+
+
+def test_small_scores_are_normalised_too():
+    # mean |s| = 0.2 < 1: still divided
+    torch.testing.assert_close(_normalized(torch.tensor([0.1, 0.2, 0.3]), "mean"),
+                               torch.tensor([0.5, 1.0, 1.5], dtype=torch.float64))
+
+
+def test_ratio_zero_is_a_valid_request():
+    assert _plan(SelectOptions(ratio=0.0)) == {}
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({}, "give exactly one of ratio, target_macs, target_params (got none)"),
+    ({"ratio": 0.1, "target_macs": 0.2}, "give exactly one of ratio, target_macs, target_params (got ['ratio', 'target_macs'])"),
+    ({"ratio": 0.1, "normalize": "z"}, "normalize must be one of mean, max, l2, none, got 'z'"),
+    ({"ratio": 0.1, "min_channels": 0}, "min_channels and round_to must be >= 1"),
+    ({"ratio": 0.1, "max_ratio": 0.0}, "max_ratio must be in (0, 1], got 0.0"),
+    ({"ratio": 0.1, "max_ratio": 1.5}, "max_ratio must be in (0, 1], got 1.5"),
+])
+def test_bad_options_exact_messages(kwargs, message):
+    with pytest.raises(ValueError) as e:
+        SelectOptions(**kwargs)
+    assert str(e.value) == message
