@@ -15,6 +15,7 @@ makes the tests hang is detected).
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import subprocess
 from collections import Counter
@@ -28,11 +29,13 @@ OUT_MD = HERE / "results" / "mutation_report.md"
 EQUIVALENT = HERE / "mutation_equivalent.json"
 
 
-def read_run(run: Path) -> dict[str, dict[str, str]]:
-    """{module path: {mutant name: status}} of one run folder."""
+def read_run(run: Path, patterns: list[str] | None = None) -> dict[str, dict[str, str]]:
+    """{module path: {mutant name: status}} of one run folder (only names matching ``patterns``)."""
     out: dict[str, dict[str, str]] = {}
     for meta in sorted((run / "mutants" / "src").rglob("*.py.meta")):
         codes = json.loads(meta.read_text()).get("exit_code_by_key", {})
+        if patterns:
+            codes = {n: c for n, c in codes.items() if any(fnmatch.fnmatch(n, p) for p in patterns)}
         if codes:
             module = str(meta.relative_to(run / "mutants")).removesuffix(".meta")
             out[module] = {name: status_by_exit_code[code] for name, code in codes.items()}
@@ -46,10 +49,10 @@ def diff_of(run: Path, name: str) -> str:
     return " / ".join(ln.strip() for ln in lines)[:300]
 
 
-def summarise(run: Path, equivalent: dict[str, str], tests: str) -> dict[str, dict]:
+def summarise(run: Path, equivalent: dict[str, str], tests: str, patterns: list[str] | None = None) -> dict[str, dict]:
     """Per module of ``run``: counts, score and the surviving mutants (with diff and, if any, the reason)."""
     rows = {}
-    for module, verdicts in read_run(run).items():
+    for module, verdicts in read_run(run, patterns).items():
         c = Counter(verdicts.values())
         survivors = sorted(n for n, s in verdicts.items() if s == "survived")
         eq = [n for n in survivors if n in equivalent]
@@ -57,7 +60,7 @@ def summarise(run: Path, equivalent: dict[str, str], tests: str) -> dict[str, di
         unchecked = c["not checked"] + c["check was interrupted by user"]
         considered = len(verdicts) - len(eq) - unchecked
         rows[module] = {
-            "run": run.name, "tests": tests, "generated": len(verdicts), "killed": killed, "timeout": c["timeout"],
+            "run": run.name, "tests": tests, "mutants": " ".join(patterns) if patterns else "all", "generated": len(verdicts), "killed": killed, "timeout": c["timeout"],
             "survived": c["survived"], "equivalent": len(eq), "no_tests": c["no tests"], "not_checked": unchecked,
             "score": round(killed / considered, 4) if considered else None,
             "survivors": [{"name": n, "diff": diff_of(run, n), "equivalent": equivalent.get(n)} for n in survivors],
@@ -69,12 +72,15 @@ def to_markdown(report: dict) -> str:
     lines = ["# Mutation testing of the engine core", "",
              "Produced by `benchmarks/mutation.sh` (mutmut 3, one worker) and `benchmarks/mutation_report.py`.",
              "Score = killed / (generated - equivalent - not checked); timeouts count as killed.", ""]
+    notes = HERE / "mutation_notes.md"
+    if notes.exists():
+        lines += [notes.read_text().strip(), ""]
     for label, rows in report["runs"].items():
-        lines += [f"## {label}", "", "| module | tests run | generated | killed | survived | equivalent | no tests "
-                  "| not checked | score |", "|---|---|---|---|---|---|---|---|---|"]
+        lines += [f"## {label}", "", "| module | mutants | tests run | generated | killed | survived | equivalent "
+                  "| no tests | not checked | score |", "|---|---|---|---|---|---|---|---|---|---|"]
         for module, r in sorted(rows.items()):
             score = f"{100 * r['score']:.1f}%" if r["score"] is not None else "-"
-            lines.append(f"| `{module}` | {r['tests']} | {r['generated']} | {r['killed']} | {r['survived']} | "
+            lines.append(f"| `{module}` | {r.get('mutants', 'all')} | {r['tests']} | {r['generated']} | {r['killed']} | {r['survived']} | "
                          f"{r['equivalent']} | {r['no_tests']} | {r['not_checked']} | {score} |")
         lines.append("")
         for module, r in sorted(rows.items()):
@@ -92,6 +98,7 @@ def main() -> None:
     ap.add_argument("--runs", type=Path, default=Path("/tmp/filterprune-mutation"))
     ap.add_argument("--only", nargs="*", help="run folder names to read (default: all)")
     ap.add_argument("--label", default="after")
+    ap.add_argument("--mutants", nargs="*", help="mutant name globs to count (default: all in the run)")
     args = ap.parse_args()
     equivalent = json.loads(EQUIVALENT.read_text()) if EQUIVALENT.exists() else {}
     report = json.loads(OUT_JSON.read_text()) if OUT_JSON.exists() else {"runs": {}}
@@ -101,7 +108,7 @@ def main() -> None:
             continue
         cfg = (run / "pyproject.toml").read_text()
         tests = cfg.split("pytest_add_cli_args_test_selection = [", 1)[1].split("]", 1)[0].replace('"', "").strip()
-        rows.update(summarise(run, equivalent, tests))
+        rows.update(summarise(run, equivalent, tests, args.mutants))
     OUT_JSON.parent.mkdir(parents=True, exist_ok=True)
     OUT_JSON.write_text(json.dumps(report, indent=1) + "\n")
     OUT_MD.write_text(to_markdown(report) + "\n")
