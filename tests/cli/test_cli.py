@@ -76,6 +76,11 @@ def test_info_lists_models_and_criteria(capsys):
     assert main(["-q", "info", "--list"]) == 0
     text = capsys.readouterr().out
     assert "resnet56" in text and "l1" in text
+    # every name --criterion accepts is listed (the fresh-user report: csgd was missing)
+    from filterprune.cli._args import criterion_options
+
+    listed = set(text.split())
+    assert set(criterion_options()) <= listed, set(criterion_options()) - listed
 
 
 @pytest.mark.parametrize("argv,needle", [

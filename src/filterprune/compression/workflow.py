@@ -68,7 +68,7 @@ def run_compress(weights: PathLike, data: str, out: PathLike, options: CompressO
 
     out = Path(out)
     with open_run_folder(out, "compress", overwrite=overwrite, owned=COMPRESS_FILES, inputs=[weights],
-                         can_resume=False):
+                         can_resume=False) as run, run.discarded_on_refusal():
         model = load(weights)
         layer_settings(model, options)  # unknown layer names and bad values fail here, before the data
         if options.filter_layer is not None and options.filter_layer not in dict(model.named_modules()):

@@ -59,7 +59,7 @@ def run_explain(weights: PathLike, data: str, layer: str, out: PathLike, *, imag
         raise ValueError("--images, --k and --draws must be >= 1")
     out = Path(out)
     with open_run_folder(out, "explain", overwrite=overwrite, owned=EXPLAIN_FILES, inputs=[weights],
-                         can_resume=False):
+                         can_resume=False) as run, run.discarded_on_refusal():
         model = load(weights)
         if layer not in dict(model.named_modules()):
             raise ValueError(f"--layer {layer!r} is not a layer of the model")

@@ -168,6 +168,20 @@ class RunFolder:
         os.close(self._lock_fd)
         self._lock_fd = None
 
+    @contextlib.contextmanager
+    def discarded_on_refusal(self) -> Iterator[None]:
+        """Remove the folder again if the body raises while the folder is ``fresh`` and holds nothing but
+        the run's marker and lock: a refusal of bad input found after the folder was claimed (unreadable
+        weights, an unknown layer) leaves nothing behind, and the same command can simply be run again.
+        A folder holding anything else is kept as it is."""
+        try:
+            yield
+        except Exception:
+            if self.fresh and {p.name for p in self.path.iterdir()} <= {MARKER, LOCK}:
+                self.release()
+                shutil.rmtree(self.path, ignore_errors=True)
+            raise
+
     def __enter__(self) -> RunFolder:
         return self
 

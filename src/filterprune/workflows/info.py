@@ -14,10 +14,13 @@ from .common import input_size_of, resolve_model
 
 
 def registered() -> str:
-    """The registered model and criterion names, two lines (``filterprune info --list``)."""
+    """The registered model, criterion and training-time method names, three lines (``filterprune info
+    --list``); every name on the last two is a value of ``--criterion``."""
     from ..criteria import list_criteria
+    from .methods import method_names
 
-    return "models:    " + " ".join(list_models()) + "\ncriteria:  " + " ".join(list_criteria())
+    return ("models:    " + " ".join(list_models()) + "\ncriteria:  " + " ".join(list_criteria())
+            + "\nmethods:   " + " ".join(method_names()))
 
 
 def describe_model(model: str | None, weights: str | None, input_size: tuple[int, int, int] | None = None) -> str:
