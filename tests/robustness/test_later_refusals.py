@@ -52,3 +52,19 @@ def test_a_folder_with_work_in_it_is_kept(box, tmp_path):
             run.discarded_on_refusal():
         raise ValueError("refused")
     assert not (tmp_path / "gone").exists()
+
+
+def test_a_torn_weights_file_is_refused_before_the_data_is_read(box, capsys, monkeypatch):
+    """eval/prune/train with unreadable .safetensors weights: refused before data loading (fresh-user report:
+    the CIFAR copy was decoded and cached first)."""
+    import filterprune.data
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("data was loaded before the weights were checked")
+
+    monkeypatch.setattr(filterprune.data, "load_data", no_loading)
+    box.refuses(["eval", "--weights", "junk.safetensors", "--data", "digits"], capsys, "junk.safetensors")
+    box.refuses(["prune", "--weights", "junk.safetensors", "--data", "digits", "--criterion", "l1",
+                 "--target-macs", "0.5", "--out", "o"], capsys, "junk.safetensors")
+    box.refuses(["train", "--pretrained", "junk.safetensors", "--data", "digits", "--out", "o"], capsys,
+                "junk.safetensors")

@@ -199,13 +199,18 @@ def check_data_spec(spec: str, key: str = "data") -> None:
 
 
 def check_weights_file(path: str, key: str) -> None:
-    """Refuse a weights path that does not exist or is not a file (``auto`` and empty pass)."""
+    """Refuse a weights path that does not exist or is not a file, or a ``.safetensors`` file whose header
+    is unreadable (``auto`` and empty pass); the tensors' digest is checked when they are loaded."""
     if not path or path == "auto":
         return
     p = Path(path).expanduser()
     if not p.is_file():
         problem = "not a file" if p.exists() else "no such file"
         raise CheckpointError(f"{path}: {problem} ({flag_for(key)}); pass an existing checkpoint or auto")
+    if p.suffix == ".safetensors":  # a torn or foreign file is refused now, not after the data is loaded
+        from ..checkpoint import read_metadata
+
+        read_metadata(p)
 
 
 def expected_input(model: str, weights: str):
