@@ -68,3 +68,12 @@ def test_a_torn_weights_file_is_refused_before_the_data_is_read(box, capsys, mon
                  "--target-macs", "0.5", "--out", "o"], capsys, "junk.safetensors")
     box.refuses(["train", "--pretrained", "junk.safetensors", "--data", "digits", "--out", "o"], capsys,
                 "junk.safetensors")
+
+
+def test_explain_without_matplotlib_is_one_line_before_any_work(box, capsys, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real(name, *a))
+    box.refuses(["explain", "--weights", "rgb.safetensors", "--data", "digits", "--layer", "features.0", "--out", "o"],
+                capsys, "matplotlib", "filterprune[plots]")

@@ -13,6 +13,7 @@ from typing import Any
 
 from torch import nn
 
+from ..errors import ConfigError
 from ..types import PathLike
 from .figures import filter_titles, kernel_tiles, save_grid, top_patches
 from .study import LayerStudy, study_layer
@@ -51,10 +52,15 @@ def run_explain(weights: PathLike, data: str, layer: str, out: PathLike, *, imag
     Raises:
         RunFolderError, CheckpointError, DataError, ValueError: one line each, before the long work.
     """
+    import importlib.util
+
     from ..api import load
     from ..data import BatchLoader, load_data
     from ..utils.io import atomic_write, atomic_write_json, open_run_folder
 
+    if importlib.util.find_spec("matplotlib") is None:  # the grids need it: say so before any work
+        raise ConfigError("filterprune explain draws its filter grids with matplotlib, which is not installed; "
+                          "pip install 'filterprune[plots]' (or matplotlib)")
     if images < 1 or k < 1 or draws < 1:
         raise ValueError("--images, --k and --draws must be >= 1")
     out = Path(out)
