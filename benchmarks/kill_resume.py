@@ -142,7 +142,7 @@ def main_prune() -> int:
         a = tensors_sha256(read_checkpoint(full / "model.safetensors")[0])
         b = tensors_sha256(read_checkpoint(killed / "model.safetensors")[0])
         rows[name] = {
-            "command": " ".join(["filterprune", *argv, "--out", "DIR"]),
+            "command": " ".join(["filterprune", *argv, "--out", "DIR"]).replace(weights, "BASE/model.safetensors"),
             "killed_with": "SIGKILL", "exit_status_at_kill": rc, "run_state_at_kill": status,
             "stages_done_at_kill": done,
             "centripetal_checkpoints_at_kill": ckpts,
