@@ -12,10 +12,10 @@ from collections.abc import Sequence
 from ..errors import FilterpruneError
 from ..utils.env import code_version
 from ..utils.progress import set_progress
-from . import car_scores, compress, demo, evaluate, explain, export, info, prune, train
+from . import car_scores, compress, demo, evaluate, explain, export, info, plot, prune, train
 from ._args import Parser
 
-COMMANDS = (demo, train, evaluate, info, prune, export, car_scores, compress, explain)
+COMMANDS = (demo, train, evaluate, info, prune, export, car_scores, compress, explain, plot)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,6 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     if extra:  # reported by the command's own parser, so the line names the command
         args.parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded by the commands that write a run folder
     from ..distributed import finish_distributed, init_distributed
 
     rank, world = init_distributed()  # under torchrun: one process group for the whole command

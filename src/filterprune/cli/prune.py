@@ -51,10 +51,13 @@ def run(args: argparse.Namespace) -> int:
     summary; returns 0.
     """
     from ..workflows.prune_run import run_prune
+    from ..workflows.records import command_line, latency_lines
 
     cfg = run_config(args, PruneRunConfig)
-    summary = run_prune(cfg, download=args.download, resume=args.resume, overwrite=args.overwrite)
+    summary = run_prune(cfg, download=args.download, resume=args.resume, overwrite=args.overwrite,
+                        command=command_line(getattr(args, "argv", None)))
     print(summary.pop("table"))
     print(json.dumps({k: summary[k] for k in ("base", "pruned", "finetuned", "macs", "params")}, indent=2))
-    print(f"wrote {cfg.out}/summary.json and {cfg.out}/model.safetensors")
+    print("\n".join(latency_lines(summary["latency"])))
+    print(f"wrote {cfg.out}/summary.json, report.md and model.safetensors")
     return 0

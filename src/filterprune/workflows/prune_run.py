@@ -10,7 +10,9 @@ uninterrupted run. A refusal before any stage changed the model leaves no folder
 
 Folder: ``config.yaml``, ``env.json``, ``run_state.json``, ``stages/`` (scores, plans, model snapshots,
 step fine-tunes), ``finetune/`` or ``centripetal/`` (``metrics.jsonl``, checkpoints), ``model.safetensors``,
-``summary.json``.
+and the run records (:mod:`filterprune.workflows.records`): ``summary.json`` (versioned schema,
+``docs/summary_schema.md``), ``metrics.jsonl`` (every evaluation, always), ``scores.csv`` (every filter's
+score per step), ``report.md`` with its plots (:mod:`filterprune.workflows.report`).
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from ..config import PruneRunConfig, to_dict
 from ..errors import FilterpruneError
 from ..utils.io import atomic_write, atomic_write_json, check_run_folder, open_run_folder
 from ..utils.resume import check_resume, dump_yaml_text, saved_config
+from .records import SCHEMA_VERSION, stage_timings, write_metrics, write_scores
+from .report import REPORT_FILES, write_report
 from .methods import COMMON_EXTENDS, COMMON_REOPENS, MethodResult, PruneJob, method_for
 from .runner import Runner
 
@@ -33,7 +37,7 @@ logger = logging.getLogger(__name__)
 
 #: What a prune run writes at the top of its folder (``--overwrite`` replaces only these).
 PRUNE_FILES = ("config.yaml", "env.json", "run_state.json", "stages", "finetune", "centripetal",
-               "model.safetensors", "summary.json")
+               "model.safetensors", "summary.json", "metrics.jsonl", "scores.csv", *REPORT_FILES)
 
 
 def example_batch(ds, batch: int = 2, seed: int = 0) -> torch.Tensor:
@@ -44,7 +48,7 @@ def example_batch(ds, batch: int = 2, seed: int = 0) -> torch.Tensor:
 
 
 def run_prune(cfg: PruneRunConfig, *, download: bool = False, resume: bool = False,
-              overwrite: bool = False) -> dict[str, Any]:
+              overwrite: bool = False, command: str | None = None) -> dict[str, Any]:
     """Prune ``cfg.model`` as ``cfg.prune`` asks, fine-tune, write ``cfg.out``; return the summary.
 
     Args:
@@ -53,6 +57,8 @@ def run_prune(cfg: PruneRunConfig, *, download: bool = False, resume: bool = Fal
         download: allow downloading the dataset.
         resume: continue the run in ``cfg.out`` from its last finished stage.
         overwrite: replace an earlier prune run in ``cfg.out`` (only its own files).
+        command: the command line that started the run, recorded in ``summary.json`` and ``report.md``
+            (``None``: a Python call).
 
     Raises:
         RunFolderError: ``cfg.out`` is refused (one line, before any work).
@@ -72,7 +78,7 @@ def run_prune(cfg: PruneRunConfig, *, download: bool = False, resume: bool = Fal
             for key in changes:
                 if key in reopens:
                     runner.reopen(reopens[key])
-        return _run(cfg, runner, method, download)
+        return _run(cfg, runner, method, download, command)
     inputs = [cfg.weights] if cfg.weights not in ("", "auto") else []
     changes = {}
     if resume:  # refused before the folder is claimed: a refusal changes nothing in it
@@ -87,7 +93,7 @@ def run_prune(cfg: PruneRunConfig, *, download: bool = False, resume: bool = Fal
             if key in reopens:
                 runner.reopen(reopens[key])
         try:
-            summary = _run(cfg, runner, method, download)
+            summary = _run(cfg, runner, method, download, command)
         except BaseException as e:
             runner.fail(e)
             if isinstance(e, (FilterpruneError, ValueError, FileNotFoundError)):
@@ -102,7 +108,7 @@ def run_prune(cfg: PruneRunConfig, *, download: bool = False, resume: bool = Fal
     return summary
 
 
-def _run(cfg: PruneRunConfig, runner: Runner, method, download: bool) -> dict[str, Any]:
+def _run(cfg: PruneRunConfig, runner: Runner, method, download: bool, command: str | None) -> dict[str, Any]:
     from ..api import conv_widths, save
     from ..data import load_data
     from ..graph.trace import trace_groups
@@ -153,28 +159,51 @@ def _run(cfg: PruneRunConfig, runner: Runner, method, download: bool) -> dict[st
 
     counts = runner.stage("counts", final_counts)
     summary = {
+        "schema_version": SCHEMA_VERSION,
+        "kind": "prune",
+        "command": command,
         "model": cfg.model or (getattr(job.model, "filterprune_cfg", None) or {}).get("name"),
         "criterion": cfg.prune.criterion,
         "method": method.name,
         "data": splits.describe(),
+        "classes": [str(c) for c in splits.train.classes],
         "base": base["accuracy"],
         "pruned": pruned,
         "finetuned": final,
         "finetune_epochs": len(history),
-        "macs": {"base": base["macs"], "pruned": counts["macs"], "ratio": counts["macs"] / base["macs"]},
-        "params": {"base": base["params"], "pruned": counts["params"], "ratio": counts["params"] / base["params"]},
+        "macs": {"base": base["macs"], "pruned": counts["macs"],
+                 "removed_fraction": 1 - counts["macs"] / base["macs"]},
+        "params": {"base": base["params"], "pruned": counts["params"],
+                   "removed_fraction": 1 - counts["params"] / base["params"]},
         "latency": {"base": base["latency"], "pruned": counts["latency"]},
         "report": result.report.to_dict(),
         "config": to_dict(cfg),
         **result.summary,
+        "timings_s": stage_timings(runner.state),
     }
     if runner.writer:
         save(job.model, out / "model.safetensors",
              meta={"summary": {k: summary[k] for k in ("base", "pruned", "finetuned")}}, example_inputs=x)
+        write_metrics(out, _metric_lines(base["accuracy"], pruned, final, history, result))
+        write_scores(out, runner.state)
         atomic_write_json(out / "summary.json", summary)
+        write_report(out)
     runner.finish()
     from ..train.ddp import barrier
 
     barrier()  # the folder is complete before any process exits
     summary["table"] = result.report.table()
     return summary
+
+
+def _metric_lines(base: dict, pruned: dict, final: dict, history: list, result: MethodResult) -> list[dict[str, Any]]:
+    """``metrics.jsonl`` of a prune run: every evaluation in order (records module docstring)."""
+    lines: list[dict[str, Any]] = [{"phase": "base", **base}]
+    for it in result.summary.get("iterations") or []:
+        if isinstance(it, dict):
+            lines.append({"phase": "iteration", **it})
+    lines.append({"phase": "pruned", **pruned})
+    phase = "centripetal" if result.finetuned else "finetune"
+    lines += [{"phase": phase, **r} for r in history]
+    lines.append({"phase": "final", **final})
+    return lines
