@@ -150,7 +150,7 @@ def main_prune() -> int:
             "weights_sha256": {"uninterrupted": a, "killed_and_resumed": b},
             "identical_weights": a == b,
             "identical_summary": facts(full) == facts(killed),
-            "finetuned": facts(killed)["finetuned"], "macs_ratio": facts(killed)["macs"]["ratio"],
+            "finetuned": facts(killed)["finetuned"], "macs_removed_fraction": facts(killed)["macs"]["removed_fraction"],
         }
         print(name, json.dumps(rows[name], indent=1), flush=True)
     result = {"command": "python benchmarks/kill_resume.py --prune", "base_train_args": BASE, "prune_args": PRUNE,

@@ -31,7 +31,7 @@ def test_prune_writes_summary_and_a_loadable_pruned_model(base_weights, tmp_path
     summary = json.loads((out / "summary.json").read_text())
     for stage in ("base", "pruned", "finetuned"):
         assert set(summary[stage]) == {"val_acc", "test_acc"}
-    assert summary["macs"]["ratio"] == pytest.approx(0.5, abs=0.01)
+    assert summary["macs"]["removed_fraction"] == pytest.approx(0.5, abs=0.01)
     assert summary["report"]["max_error"] < 1e-4
     assert set(summary["latency"]["pruned"]) == {"1", "64"}
     model = load(out / "model.safetensors")
@@ -72,5 +72,5 @@ def test_demo_trains_prunes_and_prints_the_table(tmp_path):
     result = run_demo(out=str(tmp_path), train=replace(DEMO_TRAIN, epochs=3), finetune=replace(DEMO_FINETUNE, epochs=1))
     text = result["text"]
     assert "fine-tuned" in text and "features.0" in text
-    assert result["pruned"]["macs"]["ratio"] == pytest.approx(0.5, abs=0.01)
+    assert result["pruned"]["macs"]["removed_fraction"] == pytest.approx(0.5, abs=0.01)
     assert (tmp_path / "base" / "summary.json").is_file() and (tmp_path / "pruned" / "summary.json").is_file()

@@ -54,7 +54,7 @@ def test_flags_reach_the_pruning(pruned, capsys):
     assert widths["down"] == 16  # --layer-ratio down=0.5 of 32
     assert widths["stem.0"] == widths["blocks.0.conv2"] == 16  # --ignore stem.0 keeps its (residual) group
     assert all(w >= 4 for w in widths.values())  # --max-ratio 0.75 of 16
-    assert summary["macs"]["ratio"] == pytest.approx(0.5, abs=0.01)
+    assert summary["macs"]["removed_fraction"] == pytest.approx(0.5, abs=0.01)
     assert [s["target"] for s in summary["report"]["steps"]] == pytest.approx([0.25, 0.5])  # linear schedule
     cfg = summary["config"]["prune"]
     assert (cfg["normalize"], cfg["schedule"], cfg["ignore"], cfg["layer_ratio"]) == ("max", "linear", ["stem.0"],

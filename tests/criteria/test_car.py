@@ -357,5 +357,5 @@ def test_cli_prune_with_car(tmp_path):
             "--finetune-device", "cpu", "--out", str(out)]
     assert main(argv) == 0
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["macs"]["ratio"] == pytest.approx(0.7, abs=0.01)
+    assert summary["macs"]["removed_fraction"] == pytest.approx(0.3, abs=0.01)
     assert len(summary["report"]["steps"]) >= 2  # about k=5 filters per step

@@ -68,7 +68,7 @@ def test_prune_cli_runs_csgd_and_reports_the_trim(base_weights, tmp_path, capsys
             "--criterion-options", "centripetal=49.9995,vector_ratio=1.0,clustering=kmeans", "--out", str(out)]
     assert main(argv) == 0
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["macs"]["ratio"] == pytest.approx(0.5, abs=0.01)
+    assert summary["macs"]["removed_fraction"] == pytest.approx(0.5, abs=0.01)
     assert summary["finetuned"] == summary["pruned"] and summary["finetune_epochs"] == 2
     csgd = summary["csgd"]
     assert csgd["deviation_before_trim"]["max_relative"] < 1e-3

@@ -238,7 +238,7 @@ def test_refused_csgd_trim_keeps_the_trained_model_and_resumes_with_force(tmp_pa
     assert (out / "centripetal" / "checkpoints" / "epoch_000.safetensors").is_file()
     assert cli(*argv, "--criterion-options", opts + ",force=True", "--resume") == 0
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["macs"]["ratio"] == pytest.approx(0.5, abs=0.01) and summary["csgd"]["epochs"] == 1
+    assert summary["macs"]["removed_fraction"] == pytest.approx(0.5, abs=0.01) and summary["csgd"]["epochs"] == 1
 
 
 # ------------------------------------------------------------------ train --resume

@@ -73,7 +73,7 @@ def test_cli_step_ratio_runs_the_iterations(tmp_path, capsys):
     assert main(argv) == 0
     summary = json.loads((out / "summary.json").read_text())
     its = summary["iterations"]
-    assert len(its) >= 2 and summary["macs"]["ratio"] == pytest.approx(0.6, abs=0.01)
+    assert len(its) >= 2 and summary["macs"]["removed_fraction"] == pytest.approx(0.4, abs=0.01)
     assert all(set(r["pruned"]) == {"val_acc", "test_acc"} for r in its)
     assert all(set(r["finetuned"]) == {"val_acc", "test_acc"} for r in its[:-1]) and its[-1]["finetuned"] == {}
     assert summary["finetune_epochs"] == 1 and len(summary["report"]["steps"]) == len(its)

@@ -29,9 +29,11 @@ def run(args: argparse.Namespace) -> int:
     """Run one training job (:func:`~filterprune.workflows.train_run.run_training`) and print its summary as JSON;
     returns 0.
     """
+    from ..workflows.records import command_line
     from ..workflows.train_run import run_training
 
     cfg = run_config(args, RunConfig)
-    summary = run_training(cfg, resume=args.resume, overwrite=args.overwrite, download=args.download)
+    summary = run_training(cfg, resume=args.resume, overwrite=args.overwrite, download=args.download,
+                           command=command_line(getattr(args, "argv", None)))
     print(json.dumps({k: v for k, v in summary.items() if k not in ("config", "test_per_class_acc")}, indent=2))
     return 0

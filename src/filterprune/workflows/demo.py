@@ -59,7 +59,7 @@ def run_demo(
         f"filterprune demo: convnet_small on scikit-learn digits ({base['data']})\n"
         f"trained {base['epochs']} epochs; pruned {criterion} to -{target_macs:.0%} MACs; fine-tuned "
         f"{pruned['finetune_epochs']} epochs\n\n{pruned['table']}\n\n{table}\n\n"
-        f"MACs x{m['ratio']:.3f}, params x{p['ratio']:.3f}; max |pruned - masked| = "
+        f"MACs -{m['removed_fraction']:.1%}, params -{p['removed_fraction']:.1%}; max |pruned - masked| = "
         f"{pruned['report']['max_error']:.2e}; {seconds:.1f} s in all"
     )
     return {"base": base, "pruned": pruned, "seconds": seconds, "text": text}

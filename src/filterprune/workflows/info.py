@@ -49,7 +49,8 @@ def describe_model(model: str | None, weights: str | None, input_size: tuple[int
 
 def evaluate_model(model: str | None, weights: str | None, data: str, *, split: str = "test", batch_size: int = 500,
                    device: str = "auto", download: bool = False) -> dict[str, Any]:
-    """Accuracy (percent), mean loss and image count of a model on one split of ``data``.
+    """Accuracy (percent), mean loss and image count of a model on one split of ``data``, and the
+    accuracy of each class by name (``per_class_acc``: ``{"airplane": 91.3, ...}``, in class order).
 
     Raises:
         ValueError: the data has no such split, or model/weights cannot be resolved.
@@ -63,7 +64,7 @@ def evaluate_model(model: str | None, weights: str | None, data: str, *, split: 
     dev = pick_device(device)
     result = evaluate(net.to(dev), BatchLoader(ds, batch_size, train=False, device=dev), dev)
     return {"data": data, "split": split, "acc": result["acc"], "loss": result["loss"], "n": result["n"],
-            "per_class_acc": [round(a, 2) for a in result["per_class_acc"]]}
+            "per_class_acc": {str(c): round(a, 2) for c, a in zip(ds.classes, result["per_class_acc"], strict=True)}}
 
 
 def export_model(model: str | None, weights: str | None, out: str, *, input_size: tuple[int, int, int] | None = None,

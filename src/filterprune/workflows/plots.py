@@ -252,12 +252,10 @@ def draw_scores(ax: Any, records: Sequence[RunRecord]) -> None:
             lo, hi = spans.get(s["group"], (s["score"], s["score"]))
             spans[s["group"]] = (min(lo, s["score"]), max(hi, s["score"]))
 
-        def norm(s: dict) -> float:
-            lo, hi = spans[s["group"]]
-            return (s["score"] - lo) / (hi - lo) if hi > lo else 0.5
-
-        kept = [norm(s) for s in rows if not s["removed"]]
-        gone = [norm(s) for s in rows if s["removed"]]
+        normed = [((s["score"] - spans[s["group"]][0]) / (spans[s["group"]][1] - spans[s["group"]][0])
+                   if spans[s["group"]][1] > spans[s["group"]][0] else 0.5, s["removed"]) for s in rows]
+        kept = [v for v, gone in normed if not gone]
+        gone = [v for v, g in normed if g]
         c = f"C{i % 10}"
         ax.hist(kept, bins=20, range=(0, 1), histtype="step", color=c, label=f"{r.label} ({first}) kept")
         if gone:

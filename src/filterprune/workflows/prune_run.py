@@ -28,9 +28,9 @@ from ..config import PruneRunConfig, to_dict
 from ..errors import FilterpruneError
 from ..utils.io import atomic_write, atomic_write_json, check_run_folder, open_run_folder
 from ..utils.resume import check_resume, dump_yaml_text, saved_config
+from .methods import COMMON_EXTENDS, COMMON_REOPENS, MethodResult, PruneJob, method_for
 from .records import SCHEMA_VERSION, stage_timings, write_metrics, write_scores
 from .report import REPORT_FILES, write_report
-from .methods import COMMON_EXTENDS, COMMON_REOPENS, MethodResult, PruneJob, method_for
 from .runner import Runner
 
 logger = logging.getLogger(__name__)

@@ -48,7 +48,7 @@ def _command(s: dict[str, Any], folder: Path) -> list[str]:
     if cmd:
         return ["```console", f"$ {cmd}", "```"]
     return [f"Run from Python; the resolved config is `{folder.name}/config.yaml` "
-            f"(`filterprune {s.get('kind', 'prune')} --config {folder}/config.yaml` runs it again)."]
+            f"(`filterprune {s.get('kind', 'prune')} --config {folder}/config.yaml --out NEW_FOLDER` runs it again)."]
 
 
 def _accuracy_table(rows: list[tuple[str, dict[str, Any]]]) -> list[str]:

@@ -19,6 +19,7 @@ from ..config import RunConfig, parse_options, to_dict
 from ..data import DataSplits, load_data
 from ..errors import CheckpointError, DataError
 from ..methods.csgd_run import CSGDOptions, CSGDResult, squeeze
+from ..metrics import count
 from ..models import create_model
 from ..train.ddp import barrier, is_main
 from ..train.loop import evaluate, fit
@@ -28,6 +29,8 @@ from ..utils.io import atomic_write, atomic_write_json, check_run_folder, open_r
 from ..utils.resume import check_resume, dump_yaml_text, saved_config
 from ..utils.seed import pick_device, seed_everything
 from .common import example_input, resolve_model
+from .records import SCHEMA_VERSION, write_metrics
+from .report import REPORT_FILES, write_report
 
 logger = logging.getLogger(__name__)
 
@@ -68,17 +71,18 @@ def loaders(splits: DataSplits, batch_size: int, eval_batch_size: int, device: s
 
 #: What a train run writes at the top of its folder (``--overwrite`` replaces only these).
 TRAIN_FILES = ("config.yaml", "env.json", "metrics.jsonl", "summary.json", "model.safetensors", "checkpoints",
-               "clusters.json")
+               "clusters.json", *REPORT_FILES)
 #: Flags a resumed train run may change: more epochs, how many checkpoints are kept.
 TRAIN_EXTENDS = {"train.epochs": "increase", "train.keep_checkpoints": "any"}
 
 
 def run_training(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False,
-                 download: bool = False) -> dict[str, Any]:
+                 download: bool = False, command: str | None = None) -> dict[str, Any]:
     """Train (or fine-tune) ``cfg.model`` on ``cfg.data``; write the run folder; return the summary.
 
     The run folder holds ``config.yaml`` (resolved), ``env.json``, ``metrics.jsonl``, per-epoch
-    checkpoints, the final ``model.safetensors`` and ``summary.json``; it is claimed before the data is
+    checkpoints, the final ``model.safetensors``, ``summary.json`` (schema: ``docs/summary_schema.md``;
+    ``command`` is recorded there) and ``report.md``; it is claimed before the data is
     loaded (:func:`filterprune.utils.io.open_run_folder`: an existing folder is refused unless
     ``resume`` or ``overwrite``). With ``resume=True`` training continues after the newest checkpoint
     (from the start if the run was killed before its first one); ``cfg`` must equal the saved config
@@ -92,7 +96,7 @@ def run_training(cfg: RunConfig, *, resume: bool = False, overwrite: bool = Fals
     out = Path(cfg.out)
     if not is_main():  # under torchrun rank 0 owns the folder; the others only train
         barrier()  # rank 0 has claimed the folder (or failed, and torchrun stops everyone)
-        return _train(cfg, out, resume, download)
+        return _train(cfg, out, resume, download, command)
     inputs = [cfg.pretrained] if cfg.pretrained not in ("", "auto") else []
     if resume:  # refused before the folder is claimed: a refusal changes nothing in it
         check_run_folder(out, "train", resume=True, overwrite=overwrite)
@@ -101,7 +105,7 @@ def run_training(cfg: RunConfig, *, resume: bool = False, overwrite: bool = Fals
         atomic_write(out / "config.yaml", dump_yaml_text(cfg))
         barrier()
         try:
-            return _train(cfg, out, resume, download)
+            return _train(cfg, out, resume, download, command)
         except (DataError, CheckpointError):  # bad data or weights, found while loading: before any epoch
             if run.fresh and not (out / "metrics.jsonl").exists():  # a refusal before any work: leave nothing
                 run.release()
@@ -109,7 +113,7 @@ def run_training(cfg: RunConfig, *, resume: bool = False, overwrite: bool = Fals
             raise
 
 
-def _train(cfg: RunConfig, out: Path, resume: bool, download: bool) -> dict[str, Any]:
+def _train(cfg: RunConfig, out: Path, resume: bool, download: bool, command: str | None) -> dict[str, Any]:
     seed_everything(cfg.train.seed)
     splits = load_data(cfg.data, val_fraction=cfg.val_fraction, seed=0, download=download)
     logger.info("data: %s", splits.describe())
@@ -128,9 +132,17 @@ def _train(cfg: RunConfig, out: Path, resume: bool, download: bool) -> dict[str,
     else:
         history = fit(model, train, val, cfg.train, run_dir=out, resume=resume)
     final_val = evaluate(model, val, device)
+    x = example_input(splits.train).to(device)
+    macs, params = count(model, x)
     summary: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "kind": "train",
+        "command": command,
         "model": cfg.model,
         "data": splits.describe(),
+        "classes": [str(c) for c in splits.train.classes],
+        "macs": int(macs),
+        "params": int(params),
         "config": to_dict(cfg),
         "val_acc_start": start["acc"],
         "val_acc": final_val["acc"],
@@ -143,11 +155,14 @@ def _train(cfg: RunConfig, out: Path, resume: bool, download: bool) -> dict[str,
     if test is not None:  # reported only; nothing is chosen on it
         final_test = evaluate(model, test, device)
         summary.update(test_acc=final_test["acc"], test_loss=final_test["loss"],
-                       test_per_class_acc=final_test["per_class_acc"])
+                       test_per_class_acc=dict(zip(summary["classes"], final_test["per_class_acc"], strict=True)))
     if is_main():
         save(model, out / "model.safetensors", meta={"summary": {k: v for k, v in summary.items() if k != "config"}},
-             example_inputs=example_input(splits.train).to(device))
+             example_inputs=x)
+        if not (out / "metrics.jsonl").exists():  # always present, also when no epoch ran
+            write_metrics(out, history)
         atomic_write_json(out / "summary.json", summary)
+        write_report(out)
     barrier()
     return summary
 
