@@ -32,7 +32,7 @@ from .graph.check import apply_plan_checked
 from .graph.groups import ChannelGroup, PrunePlan
 from .graph.surgery import apply_plan
 from .graph.trace import Inputs, forward, trace_groups
-from .selection import SelectOptions, baseline, default_counter, select
+from .selection import CostFn, SelectOptions, baseline, default_counter, select
 from .serialize import load_model, save_model
 from .types import PathLike, Scores
 from .utils.modes import evaluating, modes_kept
@@ -199,6 +199,11 @@ def prune(
     seed: int = 0,
     num_batches: int | None = None,
     layer_ratios: dict[str, float] | None = None,
+    allocation: str = "global",
+    cost_fn: CostFn | None = None,
+    sensitivity_points: int = 9,
+    sensitivity_metric: str = "loss",
+    sensitivity_cache: PathLike | None = None,
 ) -> PruneReport:
     """Prune ``model`` in place to a target and report what changed.
 
@@ -228,6 +233,16 @@ def prune(
             the lowest-scored fraction R of its (baseline) channels, split over ``steps`` like the
             target, and is left out of the global target, which still counts what it saves. With
             no target given, only these groups are pruned.
+        allocation: how the target is shared among groups (:mod:`filterprune.selection.allocation`):
+            global (one ranking of normalised scores), uniform (the same fraction per group), cost
+            (normalised score per unit of the target's cost saved) or sensitivity (per-group curves on
+            ``data``, equal predicted drop).
+        cost_fn: with ``allocation="cost"``: ``cost_fn(group, n_removed) -> cost saved`` (e.g. measured
+            latency) instead of the target's MACs/params.
+        sensitivity_points: with ``allocation="sensitivity"``: ratios measured per group (k/(N+1)).
+        sensitivity_metric: with ``allocation="sensitivity"``: ``"loss"`` or ``"acc"`` drop.
+        sensitivity_cache: with ``allocation="sensitivity"``: a JSON file the curves are written to and
+            resumed from (``-stepK`` is added to its name for steps after the first).
 
     Returns:
         A :class:`PruneReport`.
@@ -246,7 +261,9 @@ def prune(
     if any(v is not None for v in targets.values()) or not layer_ratios:
         options = SelectOptions(**targets, global_ranking=global_ranking, normalize=normalize,
                                 min_channels=min_channels, round_to=round_to, max_ratio=max_ratio,
-                                ignored_layers=tuple(layer_ratios))
+                                ignored_layers=tuple(layer_ratios), allocation=allocation)
+        if options.mode == "sensitivity" and data is None:
+            raise ValueError("allocation='sensitivity' needs data: pass data=(x, y) batches to measure the curves on")
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
     if schedule not in SCHEDULES:
@@ -278,8 +295,12 @@ def prune(
                     groups = trace_groups(model, example_inputs, ignored_layers=ignored_layers, probe=False)
                     scores = _score(model, example_inputs, groups, crit, data, seed, num_batches)
         if options is not None:
+            curves = None
+            if options.mode == "sensitivity":
+                curves = _curves(model, groups, scores, data, num_batches, options, sensitivity_points,
+                                 sensitivity_metric, _step_path(sensitivity_cache, step))
             plan = select(model, example_inputs, groups, scores, dataclasses.replace(options, **{name: goal}),
-                          base=base, counter=counter)
+                          base=base, counter=counter, cost_fn=cost_fn, curves=curves)
             plan = broadcast_object(plan)  # under torchrun: rank 0's selection, surgery on every rank
             errs.append(apply_plan_checked(model, groups, plan, example_inputs) if check else None)
             if not check:
@@ -299,6 +320,25 @@ def prune(
         params_after=records[-1].params, widths_before=widths_before, widths_after=conv_widths(model),
         steps=tuple(records), max_error=max(errors) if errors else None,
     )
+
+
+def _step_path(path: PathLike | None, step: int) -> Path | None:
+    """``path`` for step 1, ``name-stepK.suffix`` beside it for step K > 1."""
+    if path is None:
+        return None
+    path = Path(path)
+    return path if step == 1 else path.with_name(f"{path.stem}-step{step}{path.suffix}")
+
+
+def _curves(model, groups, scores, data, num_batches, options, points, metric, cache):
+    """Sensitivity curves on the first ``num_batches`` batches of ``data`` (all of it if ``None``)."""
+    import itertools
+
+    from .selection import loss_and_accuracy, measure_curves
+
+    batches = list(itertools.islice(data, num_batches) if num_batches else data)
+    return broadcast_object(measure_curves(model, groups, scores, loss_and_accuracy(batches), points=points,
+                                           metric=metric, cache=cache, ignored_layers=options.ignored_layers))
 
 
 def _layer_plan(groups: Sequence[ChannelGroup], scores: Scores, layer_ratios: dict[str, float], base,

@@ -335,6 +335,14 @@ class PruneConfig:
         layer_ratio: per-layer ratios NAME=R (NAME a layer or an fnmatch pattern): the group of that
             layer loses exactly the fraction R of its channels and is left out of the global target
             (the API's layer_ratios); with no --target-macs/--target-params/--ratio only these are pruned.
+        allocation: how the target is shared among groups: global (one ranking of normalised scores),
+            uniform (the same fraction of every group), cost (normalised score per unit of the target's
+            MACs/params saved), sensitivity (per-group curves measured on validation images, pruned to an
+            equal predicted drop; cached in sensitivity.json).
+        sensitivity_points: sensitivity allocation: ratios measured per group, k/(N+1) for k=1..N.
+        sensitivity_metric: sensitivity allocation: the drop of loss (validation cross-entropy) or acc.
+        sensitivity_images: sensitivity allocation: validation images per measurement (a fixed, seeded
+            subset; 0 = the whole validation split).
     """
 
     criterion: str = "l1"
@@ -356,6 +364,10 @@ class PruneConfig:
     normalize: str = "mean"
     schedule: str = "geometric"
     layer_ratio: tuple[str, ...] = ()
+    allocation: str = "global"
+    sensitivity_points: int = 9
+    sensitivity_metric: str = "loss"
+    sensitivity_images: int = 1024
 
     def __post_init__(self) -> None:
         self._check_selection()
@@ -363,7 +375,7 @@ class PruneConfig:
             "target_macs": _optional(FRACTION), "target_params": _optional(FRACTION), "ratio": _optional(FRACTION),
             "steps": POSITIVE_INT, "step_finetune_epochs": COUNT, "min_channels": POSITIVE_INT,
             "round_to": POSITIVE_INT, "num_batches": POSITIVE_INT, "seed": SEED,
-            "step_ratio": _optional(OPEN_FRACTION),
+            "step_ratio": _optional(OPEN_FRACTION), "sensitivity_points": POSITIVE_INT, "sensitivity_images": COUNT,
         })  # fmt: skip
         given = [k for k in ("target_macs", "target_params", "ratio") if getattr(self, k) is not None]
         if len(given) > 1:
@@ -382,6 +394,12 @@ class PruneConfig:
             raise config_error("normalize", f"must be mean, max, l2 or none, got {self.normalize!r}")
         if self.schedule not in ("geometric", "linear"):  # api.SCHEDULES
             raise config_error("schedule", f"must be geometric or linear, got {self.schedule!r}")
+        if self.allocation not in ("global", "uniform", "cost", "sensitivity"):  # selection.ALLOCATIONS
+            raise config_error("allocation", f"must be global, uniform, cost or sensitivity, got {self.allocation!r}")
+        if not self.global_ranking and self.allocation not in ("global", "uniform"):
+            raise config_error("allocation", f"cannot be {self.allocation} with global_ranking off (that is uniform)")
+        if self.sensitivity_metric not in ("loss", "acc"):  # selection.sensitivity.METRICS
+            raise config_error("sensitivity_metric", f"must be loss or acc, got {self.sensitivity_metric!r}")
         if not all(isinstance(n, str) and n for n in self.ignore):
             raise config_error("ignore", f"takes layer names, got {list(self.ignore)!r}")
         self.layer_ratios()

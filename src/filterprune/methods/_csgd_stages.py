@@ -40,7 +40,8 @@ def csgd_stages(job: Any) -> CSGDResult:
         raise ValueError("C-SGD prunes in one round: leave --steps at 1 and --step-ratio unset")
     opts = CSGDOptions.from_kwargs(p.criterion_kwargs())
     select_opts = SelectOptions(target_macs=p.target_macs, target_params=p.target_params, ratio=p.ratio,
-                                global_ranking=p.global_ranking, min_channels=p.min_channels, round_to=p.round_to)
+                                global_ranking=p.global_ranking, min_channels=p.min_channels, round_to=p.round_to,
+                                allocation=p.allocation)
     widths = run("csgd.widths", lambda: target_widths(job.model, job.x, trace_groups(job.model, job.x), select_opts,
                                                       criterion=opts.width_criterion, data=job.train, seed=p.seed))
     clusters = run("csgd.clusters", lambda: cluster_groups(

@@ -185,6 +185,7 @@ def csgd_prune(
     target_params: float | None = None,
     ratio: float | None = None,
     global_ranking: bool = True,
+    allocation: str = "global",
     min_channels: int = 1,
     round_to: int = 1,
     seed: int = 0,
@@ -203,6 +204,7 @@ def csgd_prune(
         target_params: fraction of parameters to remove.
         ratio: fraction of channels to remove. Give exactly one target.
         global_ranking: widths from a global ranking; ``False``: the same fraction in every group.
+        allocation: how the widths are allocated: global, uniform or cost (``SelectOptions.allocation``).
         min_channels: every group keeps at least this many channels.
         round_to: kept counts are multiples of this.
         seed: k-means and criterion seed.
@@ -216,7 +218,8 @@ def csgd_prune(
     """
     opts = options or CSGDOptions()
     select_opts = SelectOptions(target_macs=target_macs, target_params=target_params, ratio=ratio,
-                                global_ranking=global_ranking, min_channels=min_channels, round_to=round_to)
+                                global_ranking=global_ranking, min_channels=min_channels, round_to=round_to,
+                                allocation=allocation)
     groups = trace_groups(model, example_inputs)
     macs_before, params_before = count(model, example_inputs)
     widths_before = conv_widths(model)

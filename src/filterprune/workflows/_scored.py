@@ -18,17 +18,21 @@ from ..graph.check import apply_plan_checked
 from ..graph.surgery import apply_plan
 from ..graph.trace import trace_groups
 from ..selection import SelectOptions, default_counter, select
+from ._sensitivity import plan_summary, sensitivity_stage
 from .methods import Method, MethodResult, PruneJob, register_method
 
 logger = logging.getLogger(__name__)
 
 
-def scored_steps(job: PruneJob, *, data: Any, normalize: str | None = None, steps: int | None = None) -> PruneReport:
+def scored_steps(job: PruneJob, *, data: Any, normalize: str | None = None, steps: int | None = None,
+                 extra: dict[str, Any] | None = None) -> PruneReport:
     """Prune ``job.model`` in ``steps`` score/select/apply steps (module docstring); return the report.
 
-    ``--ignore``, ``--max-ratio``, ``--normalize`` (unless the method fixes it), ``--schedule`` and
-    ``--layer-ratio`` apply as in :func:`filterprune.api.prune`; a step with layer ratios first runs a
-    ``stepK.layers`` stage (score, remove the named layers' share, snapshot).
+    ``--ignore``, ``--max-ratio``, ``--normalize`` (unless the method fixes it), ``--schedule``,
+    ``--allocation`` and ``--layer-ratio`` apply as in :func:`filterprune.api.prune`; a step with layer
+    ratios first runs a ``stepK.layers`` stage (score, remove the named layers' share, snapshot);
+    ``--allocation sensitivity`` runs a ``stepK.sensitivity`` stage before ``stepK.select``
+    (:mod:`filterprune.workflows._sensitivity`) and adds its cost and threshold to ``extra["sensitivity"]``.
     """
     p = job.cfg.prune
     steps = steps or p.steps
@@ -39,7 +43,7 @@ def scored_steps(job: PruneJob, *, data: Any, normalize: str | None = None, step
         options = SelectOptions(target_macs=p.target_macs, target_params=p.target_params, ratio=p.ratio,
                                 global_ranking=p.global_ranking, normalize=normalize or p.normalize,
                                 min_channels=p.min_channels, round_to=p.round_to, max_ratio=p.max_ratio,
-                                ignored_layers=tuple(layer_ratios))
+                                ignored_layers=tuple(layer_ratios), allocation=p.allocation)
     name, value = options.target if options is not None else ("layer_ratios", 0.0)
     ignored = list(p.ignore) or None
     counter = default_counter()
@@ -71,8 +75,11 @@ def scored_steps(job: PruneJob, *, data: Any, normalize: str | None = None, step
         scores = job.runner.stage(f"{tag}.score", lambda g=groups: _score(job.model, job.x, g, crit, data, p.seed,
                                                                           p.num_batches))
         opts = dataclasses.replace(options, **{name: goal})
-        plan = job.runner.stage(f"{tag}.select", lambda g=groups, s=scores, o=opts: select(
-            job.model, job.x, g, s, o, base=job.baseline, counter=counter))
+        curves = sensitivity_stage(job, groups, scores, step) if opts.mode == "sensitivity" else None
+        plan = job.runner.stage(f"{tag}.select", lambda g=groups, s=scores, o=opts, c=curves: select(
+            job.model, job.x, g, s, o, base=job.baseline, counter=counter, curves=c))
+        if curves is not None and extra is not None:
+            extra.setdefault("sensitivity", []).append(plan_summary(curves, groups, plan, step))
 
         def apply(g=groups, pl=plan, st=step, gl=goal, fx=fixed) -> dict[str, Any]:
             err = apply_plan_checked(job.model, g, pl, job.x) if p.check else None
@@ -99,7 +106,8 @@ def scored_steps(job: PruneJob, *, data: Any, normalize: str | None = None, step
 
 def run_scores(job: PruneJob) -> MethodResult:
     """Any registered criterion, one or ``--steps`` steps, on the (augmented) training loader."""
-    return MethodResult(scored_steps(job, data=job.train))
+    extra: dict[str, Any] = {}
+    return MethodResult(scored_steps(job, data=job.train, extra=extra), extra)
 
 
 def car_eval_loader(splits, cfg, device):
@@ -130,7 +138,8 @@ def run_car(job: PruneJob) -> MethodResult:
             min_channels=p.min_channels, round_to=p.round_to, global_ranking=p.global_ranking))
         logger.info("CAR: k=%d filters per step -> %d steps", k, steps)
     data = car_eval_loader(job.splits, job.cfg, job.cfg.finetune.device)
-    return MethodResult(scored_steps(job, data=data, normalize="none", steps=steps))
+    extra: dict[str, Any] = {}
+    return MethodResult(scored_steps(job, data=data, normalize="none", steps=steps, extra=extra), extra)
 
 
 def run_iterative(job: PruneJob) -> MethodResult:

@@ -136,6 +136,7 @@ def pls_vip_iterate(
     min_channels: int = 1,
     round_to: int = 1,
     global_ranking: bool = True,
+    allocation: str = "global",
     normalize: str = "none",
     check: bool = True,
     seed: int = 0,
@@ -161,6 +162,8 @@ def pls_vip_iterate(
         min_channels: every group keeps at least this many channels.
         round_to: kept channel counts are multiples of this.
         global_ranking: one ranking over all groups (the paper); ``False`` removes p of every group.
+        allocation: global, uniform or cost (``SelectOptions.allocation``; cost charges MACs at every
+            iteration). ``sensitivity`` is refused: the curves would be re-measured every iteration.
         normalize: per-group score normalisation before ranking; the paper ranks raw VIPs.
         check: compare masked and pruned outputs at each iteration.
         seed: passed to the criterion.
@@ -175,6 +178,9 @@ def pls_vip_iterate(
         PruningError: the model cannot be pruned safely or a selection is unreachable.
     """
     _validate(p, iterations, target_macs, tolerance)
+    if allocation == "sensitivity":
+        raise ValueError("allocation='sensitivity' is not available with the iterative schedule: use global, "
+                         "uniform or cost")
     crit = create_criterion(criterion, **(criterion_kwargs or {})) if isinstance(criterion, str) else criterion
     if criterion_kwargs and not isinstance(criterion, str):
         raise ValueError("criterion_kwargs apply only to a criterion given by name")
@@ -184,7 +190,8 @@ def pls_vip_iterate(
     # the unpruned model's counts, recorded once (a resumed run's model is already pruned)
     base = Baseline(**run("iter0.baseline", lambda: dataclasses.asdict(baseline(model, example_inputs, groups, counter))))
     common = {"global_ranking": global_ranking, "normalize": normalize, "min_channels": min_channels,
-              "round_to": round_to, "tolerance": tolerance}
+              "round_to": round_to, "tolerance": tolerance, "allocation": allocation,
+              "cost_of": "macs" if allocation == "cost" else None}
     records: list[IterationRecord] = []
     it = 0
     while iterations is None or it < iterations:
@@ -296,7 +303,7 @@ def run_iterative(cfg, model: nn.Module, x, splits, finetune: Callable[[nn.Modul
         model, x, features, p=pc.step_ratio, iterations=iterations, target_macs=pc.target_macs,
         criterion=pc.criterion, criterion_kwargs=pc.criterion_kwargs() or None, finetune=finetune,
         evaluate=evaluate, min_channels=pc.min_channels, round_to=pc.round_to,
-        global_ranking=pc.global_ranking, check=pc.check, seed=pc.seed, stage=stage,
+        global_ranking=pc.global_ranking, allocation=pc.allocation, check=pc.check, seed=pc.seed, stage=stage,
     )
     report = prune_report(records, criterion=pc.criterion, target=pc.target_macs, macs_before=macs_before,
                           params_before=params_before, widths_before=widths_before, widths_after=conv_widths(model))

@@ -1,0 +1,147 @@
+"""``--allocation`` end to end (CLI on digits) and ``fp.prune(allocation=...)``.
+
+Oracles: the sensitivity pass's recorded cost equals the passes counted from outside (one per grid
+point per group, plus the base); a run interrupted inside the pass and resumed measures only the
+groups it had not finished (counted); targets are met (``metrics.count`` of the saved model).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import filterprune.train as train_pkg
+from filterprune.api import load, prune, save
+from filterprune.cli.main import main
+from filterprune.metrics import count
+from filterprune.models import create_model
+
+
+@pytest.fixture(scope="module")
+def base_weights(tmp_path_factory):
+    """An untrained (seeded) digits ConvNet saved as a filterprune checkpoint: allocation needs no accuracy."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("base") / "model.safetensors"
+    model = create_model("convnet_small").eval()
+    save(model, path, example_inputs=torch.randn(2, 1, 8, 8))
+    return path
+
+
+def _argv(weights, out, *extra):
+    return ["-q", "prune", "--weights", str(weights), "--data", "digits", "--target-macs", "0.5",
+            "--finetune-epochs", "0", "--finetune-device", "cpu", "--num-batches", "2", "--out", str(out), *extra]
+
+
+SENS = ("--allocation", "sensitivity", "--sensitivity-points", "3", "--sensitivity-images", "64")
+
+
+class _CountingEvaluate:
+    """Wraps ``train.evaluate``: counts calls on 64-image loaders (the sensitivity subset), and raises
+    KeyboardInterrupt (Ctrl-C) at the ``stop_at``-th of them."""
+
+    def __init__(self, stop_at=None):
+        self.inner, self.calls, self.stop_at = train_pkg.evaluate, 0, stop_at
+
+    def __call__(self, model, loader, *args, **kwargs):
+        out = self.inner(model, loader, *args, **kwargs)
+        if out["n"] == 64:
+            self.calls += 1
+            if self.calls == self.stop_at:
+                raise KeyboardInterrupt
+        return out
+
+
+def test_sensitivity_run_records_curves_plot_and_the_cost_of_the_pass(base_weights, tmp_path, monkeypatch):
+    counting = _CountingEvaluate()
+    monkeypatch.setattr(train_pkg, "evaluate", counting)
+    out = tmp_path / "sens"
+    assert main(_argv(base_weights, out, *SENS)) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    curves = json.loads((out / "sensitivity.json").read_text())
+    groups = curves["groups"]
+    assert curves["format"] == "filterprune.sensitivity/1" and curves["grid"] == [0.25, 0.5, 0.75]
+    (entry,) = summary["sensitivity"]
+    assert entry["file"] == "sensitivity.json"
+    assert entry["cost"]["passes"] == counting.calls == 1 + 3 * len(groups)
+    assert entry["cost"]["images"] == 64 * counting.calls and entry["cost"]["seconds"] > 0
+    # the plan is equal-drop: no pruned group's predicted drop exceeds the reported threshold
+    assert set(entry["ratios"]) <= set(groups)
+    assert summary["macs"]["ratio"] == pytest.approx(0.5, abs=0.01)
+    model = load(out / "model.safetensors")
+    assert count(model, torch.randn(1, 1, 8, 8))[0] == summary["macs"]["pruned"]
+    pytest.importorskip("matplotlib")
+    assert (out / "sensitivity.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_run_interrupted_in_the_pass_measures_only_the_unfinished_groups(base_weights, tmp_path, monkeypatch):
+    out = tmp_path / "sens"
+    # Ctrl-C at the 6th measurement: the base and the first group (3 points) are done, the second is not
+    monkeypatch.setattr(train_pkg, "evaluate", _CountingEvaluate(stop_at=6))
+    assert main(_argv(base_weights, out, *SENS)) == 130
+    assert len(json.loads((out / "sensitivity.json").read_text())["groups"]) == 1
+    counting = _CountingEvaluate()
+    monkeypatch.setattr(train_pkg, "evaluate", counting)
+    assert main(["--debug", *_argv(base_weights, out, *SENS), "--resume"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    n_groups = len(json.loads((out / "sensitivity.json").read_text())["groups"])
+    assert counting.calls == 3 * (n_groups - 1)  # the base and the finished group are not measured again
+    assert summary["sensitivity"][0]["cost"]["groups_reused"] == 1
+
+
+@pytest.mark.parametrize("allocation", ["uniform", "cost"])
+def test_uniform_and_cost_runs_meet_the_target(base_weights, tmp_path, allocation):
+    out = tmp_path / allocation
+    assert main(_argv(base_weights, out, "--allocation", allocation)) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["config"]["prune"]["allocation"] == allocation
+    assert summary["macs"]["ratio"] == pytest.approx(0.5, abs=0.01)
+    assert not (out / "sensitivity.json").exists()
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--allocation", "greedy"], "must be global, uniform, cost or sensitivity, got 'greedy'"),
+    (["--allocation", "sensitivity", "--step-ratio", "0.2"], "sensitivity is not available with --step-ratio"),
+    (["--allocation", "sensitivity", "--criterion", "csgd"], "sensitivity is not available with csgd"),
+    (["--allocation", "cost", "--global-ranking", "false"], "cannot be cost with global_ranking off"),
+    (["--sensitivity-metric", "top5"], "must be loss or acc, got 'top5'"),
+])
+def test_bad_allocation_flags_are_refused_in_one_line(base_weights, tmp_path, extra, needle, capsys):
+    out = tmp_path / "bad"
+    assert main(_argv(base_weights, out, *extra)) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and "\n" not in err
+    assert not out.exists()
+
+
+def _resnet():
+    torch.manual_seed(0)
+    return create_model("resnet20", width_mult=0.25).eval(), torch.randn(2, 3, 16, 16)
+
+
+def test_api_sensitivity_writes_one_cache_per_step_and_meets_the_target(tmp_path):
+    model, x = _resnet()
+    g = torch.Generator().manual_seed(0)
+    data = [(torch.randn(8, 3, 16, 16, generator=g), torch.randint(0, 10, (8,), generator=g))]
+    report = prune(model, x, "l1", target_macs=0.4, allocation="sensitivity", data=data, steps=2,
+                   sensitivity_points=2, sensitivity_cache=tmp_path / "curves.json")
+    assert abs(report.macs_reduction - 0.4) <= 0.01
+    assert json.loads((tmp_path / "curves.json").read_text())["grid"] == pytest.approx([1 / 3, 2 / 3], abs=1e-6)
+    assert (tmp_path / "curves-step2.json").is_file()
+
+
+def test_api_refusals_and_the_cost_fn_hook():
+    model, x = _resnet()
+    with pytest.raises(ValueError, match="allocation='sensitivity' needs data"):
+        prune(model, x, "l1", target_macs=0.3, allocation="sensitivity")
+    with pytest.raises(ValueError, match="allocation must be one of"):
+        prune(model, x, "l1", target_macs=0.3, allocation="greedy")
+    seen = set()
+
+    def cost_fn(group, n):
+        seen.add(group.id)
+        return float(n)
+
+    report = prune(model, x, "l1", ratio=0.2, allocation="cost", cost_fn=cost_fn)
+    assert seen and report.target_name == "ratio"
