@@ -17,6 +17,7 @@ from filterprune.api import load, prune, save
 from filterprune.cli.main import main
 from filterprune.metrics import count
 from filterprune.models import create_model
+from filterprune.workflows.records import read_sensitivity
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +69,12 @@ def test_sensitivity_run_records_curves_plot_and_the_cost_of_the_pass(base_weigh
     assert entry["cost"]["images"] == 64 * counting.calls and entry["cost"]["seconds"] > 0
     # the plan is equal-drop: no pruned group's predicted drop exceeds the reported threshold
     assert set(entry["ratios"]) <= set(groups)
-    assert summary["macs"]["ratio"] == pytest.approx(0.5, abs=0.01)
+    # filterprune plot / the report read the same file: the accuracy curve from the unpruned point
+    curves_read = read_sensitivity(out)
+    assert set(curves_read) == set(groups)
+    first = next(iter(groups))
+    assert curves_read[first]["accuracy"] == [curves["base"]["acc"], *groups[first]["acc"]]
+    assert summary["macs"]["removed_fraction"] == pytest.approx(0.5, abs=0.01)
     model = load(out / "model.safetensors")
     assert count(model, torch.randn(1, 1, 8, 8))[0] == summary["macs"]["pruned"]
     pytest.importorskip("matplotlib")
@@ -96,7 +102,7 @@ def test_uniform_and_cost_runs_meet_the_target(base_weights, tmp_path, allocatio
     assert main(_argv(base_weights, out, "--allocation", allocation)) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["config"]["prune"]["allocation"] == allocation
-    assert summary["macs"]["ratio"] == pytest.approx(0.5, abs=0.01)
+    assert summary["macs"]["removed_fraction"] == pytest.approx(0.5, abs=0.01)
     assert not (out / "sensitivity.json").exists()
 
 

@@ -16,10 +16,11 @@ Every ``prune`` and ``train`` run folder ends with
   fraction of its filters removed; :func:`read_sensitivity` reads it, ``filterprune plot`` draws it;
 * ``report.md`` (:mod:`filterprune.workflows.report`) and its PNG plots.
 
-``sensitivity.json`` format (version 1)::
+``sensitivity.json`` (format ``filterprune.sensitivity/1``, :mod:`filterprune.selection.sensitivity`) holds,
+among the curves' other fields, the two lists read here::
 
-    {"schema_version": 1, "metric": "val_acc",
-     "groups": {"layer1.0.conv1": {"removed_fraction": [0.0, 0.25, ...], "accuracy": [91.2, 90.8, ...]}}}
+    {"format": "filterprune.sensitivity/1", "metric": "loss",
+     "groups": {"layer1.0.conv1": {"removed_fraction": [0.0, 0.25, ...], "accuracy": [91.2, 90.8, ...], ...}}}
 """
 
 from __future__ import annotations
