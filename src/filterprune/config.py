@@ -343,6 +343,11 @@ class PruneConfig:
         sensitivity_metric: sensitivity allocation: the drop of loss (validation cross-entropy) or acc.
         sensitivity_images: sensitivity allocation: validation images per measurement (a fixed, seeded
             subset; 0 = the whole validation split).
+        eval_every: in a schedule of several steps (--steps, --step-ratio iterations) evaluate after
+            every K-th step only (the last step is always evaluated); 1 evaluates every step.
+        bn_recalibrate: after every prune step, re-estimate the BatchNorm running statistics on this
+            many training images (fixed, not augmented; no gradient step), reporting val accuracy
+            before and after; 0 turns it off.
     """
 
     criterion: str = "l1"
@@ -368,6 +373,8 @@ class PruneConfig:
     sensitivity_points: int = 9
     sensitivity_metric: str = "loss"
     sensitivity_images: int = 1024
+    eval_every: int = 1
+    bn_recalibrate: int = 256
 
     def __post_init__(self) -> None:
         self._check_selection()
@@ -376,6 +383,8 @@ class PruneConfig:
             "steps": POSITIVE_INT, "step_finetune_epochs": COUNT, "min_channels": POSITIVE_INT,
             "round_to": POSITIVE_INT, "num_batches": POSITIVE_INT, "seed": SEED,
             "step_ratio": _optional(OPEN_FRACTION), "sensitivity_points": POSITIVE_INT, "sensitivity_images": COUNT,
+            "eval_every": POSITIVE_INT,
+            "bn_recalibrate": (COUNT[0], "must be an integer >= 0 (0 turns it off)"),
         })  # fmt: skip
         given = [k for k in ("target_macs", "target_params", "ratio") if getattr(self, k) is not None]
         if len(given) > 1:
@@ -456,6 +465,10 @@ class PruneRunConfig:
         data: dataset name or path (see ``filterprune train --help``).
         val_fraction: share of the training split held out for validation (dataset default if unset).
         out: output folder; must not exist yet.
+        eval_images: quick mode: evaluate on this many images of each of val and test (a fixed,
+            class-stratified subset, the same in every run); 0 uses the whole splits.
+        train_images: quick mode: fine-tune, score and re-calibrate on this many training images (a
+            fixed, class-stratified subset of the training split, disjoint from val); 0 uses all.
         prune: the pruning request.
         finetune: the fine-tune recipe after pruning (``--finetune-epochs 0`` skips it).
     """
@@ -465,8 +478,14 @@ class PruneRunConfig:
     data: str = "digits"
     val_fraction: float | None = None
     out: str = "runs/prune"
+    eval_images: int = 0
+    train_images: int = 0
     prune: PruneConfig = field(default_factory=PruneConfig)
     finetune: TrainConfig = field(default_factory=_finetune_default)
 
     def __post_init__(self) -> None:
-        check_fields(self, {"val_fraction": _optional(OPEN_FRACTION)})
+        check_fields(self, {
+            "val_fraction": _optional(OPEN_FRACTION),
+            "eval_images": (COUNT[0], "must be an integer >= 0 (0 uses the whole val and test splits)"),
+            "train_images": (COUNT[0], "must be an integer >= 0 (0 uses the whole training split)"),
+        })  # fmt: skip

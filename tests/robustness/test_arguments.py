@@ -194,6 +194,7 @@ PRUNE_RANGES = [
     ("--steps", "0"), ("--min-channels", "0"), ("--round-to", "0"), ("--num-batches", "0"),
     ("--step-finetune-epochs", "-1"), ("--finetune-lr", "0"), ("--finetune-epochs", "-2"),
     ("--finetune-label-smoothing", "2"), ("--finetune-batch-size", "0"), ("--val-fraction", "1.5"),
+    ("--eval-images", "-1"), ("--train-images", "-5"), ("--eval-every", "0"), ("--bn-recalibrate", "-1"),
 ]
 
 

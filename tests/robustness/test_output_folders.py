@@ -259,8 +259,9 @@ def test_nan_loss_in_prune_fine_tune_keeps_the_pruned_model(tmp_path, weights, c
     assert main(["-q", "prune", "--weights", weights, "--data", "digits", "--target-macs", "0.5",
                  "--finetune-epochs", "1", "--finetune-lr", "1e12", "--finetune-device", "cpu", "--out", str(out)]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "diverged" in err and "--resume" in err and "step1.apply" in err
-    kept = fp.load(next((out / "stages").glob("*step1.apply.safetensors")))
+    # the last snapshot: the pruned model with its BatchNorm statistics re-calibrated
+    assert err.count("\n") == 1 and "diverged" in err and "--resume" in err and "step1.recalibrate" in err
+    kept = fp.load(next((out / "stages").glob("*step1.recalibrate.safetensors")))
     assert sum(m.out_channels for m in kept.modules() if isinstance(m, nn.Conv2d)) < 80  # pruned, not the base
 
 

@@ -11,9 +11,12 @@ from collections.abc import Sequence
 
 from ..errors import FilterpruneError
 from ..utils.env import code_version
-from ..utils.progress import set_progress
+from ..utils.progress import TqdmLoggingHandler, set_progress
 from . import car_scores, compress, demo, evaluate, explain, export, info, plot, prune, train
 from ._args import Parser
+
+QUIET_HELP = ("no progress bars and no info log lines (warnings and errors are still shown); bars are also off "
+              "when stderr is not a terminal, unless FILTERPRUNE_PROGRESS=1")
 
 COMMANDS = (demo, train, evaluate, info, prune, export, car_scores, compress, explain, plot)
 
@@ -25,13 +28,15 @@ def build_parser() -> argparse.ArgumentParser:
         description="Structured filter pruning for PyTorch CNNs (CAR, C-SGD, PLS+VIP and baselines).",
     )
     parser.add_argument("--version", action="version", version=f"filterprune {code_version()}")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings only")
+    parser.add_argument("-q", "--quiet", action="store_true", help=QUIET_HELP)
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module in COMMANDS:
         module.add_parser(sub)
     for command_parser in sub.choices.values():
         command_parser.set_defaults(parser=command_parser)
+        # also after the command (filterprune prune ... --quiet); SUPPRESS keeps a top-level -q
+        command_parser.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help=QUIET_HELP)
     return parser
 
 
@@ -57,10 +62,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     rank, world = init_distributed()  # under torchrun: one process group for the whole command
     if rank > 0:  # only rank 0 prints results; the others log warnings and errors only
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the life of the process
+    handler = TqdmLoggingHandler(sys.stderr)  # log lines above the progress bars, never through them
     logging.basicConfig(level=logging.WARNING if args.quiet or rank > 0 else logging.INFO,
                         format=(f"rank{rank} " if world > 1 else "") + "%(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr, force=True)
-    set_progress(not args.quiet and sys.stderr.isatty())
+                        handlers=[handler], force=True)
+    previous = set_progress(False if args.quiet or rank > 0 else None)  # None: bars on a terminal only
     # SIGTERM unwinds like Ctrl-C: a run records why it stopped (run_state.json) and releases its lock.
     signal.signal(signal.SIGTERM, _terminated)
     try:
@@ -80,6 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     finally:
+        set_progress(previous)  # a Python caller's own setting survives main()
         finish_distributed()
 
 

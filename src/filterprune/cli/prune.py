@@ -57,6 +57,10 @@ def run(args: argparse.Namespace) -> int:
     summary = run_prune(cfg, download=args.download, resume=args.resume, overwrite=args.overwrite,
                         command=command_line(getattr(args, "argv", None)))
     print(summary.pop("table"))
+    recal = summary.get("bn_recalibration") or {}
+    if recal.get("val_acc_before") is not None:  # why "pruned" is not at chance (train/bn_recalibrate.py)
+        print(f"BatchNorm re-calibrated on {recal['images']} training images after each prune step: val acc "
+              f"{recal['val_acc_before']:.2f} -> {recal['val_acc_after']:.2f} right after the last step")
     print(json.dumps({k: summary[k] for k in ("base", "pruned", "finetuned", "macs", "params")}, indent=2))
     print("\n".join(latency_lines(summary["latency"])))
     print(f"wrote {cfg.out}/summary.json, report.md and model.safetensors")

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..utils.modes import evaluating
+from ..utils.progress import progress
 from .base import ScoringError
 
 logger = logging.getLogger(__name__)
@@ -149,7 +150,9 @@ def iter_pooled(
     handles = [model.get_submodule(name).register_forward_hook(hook_for(name)) for name in by_module]
     try:
         with evaluating(model):  # eval mode, no grad, flags restored
-            for index, (x, y) in enumerate(data):
+            # reading stops early with ``samples``: no total, so no misleading ETA then
+            total = len(data) if samples is None and hasattr(data, "__len__") else None  # type: ignore[arg-type]
+            for index, (x, y) in enumerate(progress(data, total=total, desc="pls-vip features", unit="batch")):
                 if interleave and index % world != rank:
                     continue
                 y = y.detach().cpu().long()

@@ -32,6 +32,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ..errors import DataError
 from ..types import PathLike
+from ..utils.progress import progress
 from . import _cache
 from ._archive import TAR_SUFFIXES, iter_tar
 
@@ -140,7 +141,7 @@ class _Scan:
 
 def _scan_dir(root: Path, listed: list[tuple[str, str, Path]], folders: set[tuple[str, str]]) -> _Scan:
     scan = _Scan(root, {}, set(folders))
-    for split, cls, path in listed:
+    for split, cls, path in progress(listed, desc=f"decode {root.name}", unit="image"):
         try:
             data = path.read_bytes()
         except OSError as e:
@@ -156,7 +157,8 @@ def _scan_tars(paths: tuple[Path, ...]) -> _Scan:
         def wanted(m) -> bool:
             return _parse(m.name) is not None
 
-        for m, data in iter_tar(tar, wanted, max_member_bytes=MAX_IMAGE_FILE_BYTES):
+        members = iter_tar(tar, wanted, max_member_bytes=MAX_IMAGE_FILE_BYTES)  # a tar has no count: no ETA
+        for m, data in progress(members, desc=f"decode {tar.name}", unit="file"):
             if data is not None:
                 scan.add(_parse(m.name), data, f"{tar}:{m.name}")  # type: ignore[arg-type]
             elif m.isdir() and _class_dir(m.name) is not None:

@@ -49,9 +49,11 @@ def _autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManag
 @torch.no_grad()
 def evaluate(
     model: nn.Module, loader: Iterable, device: str | torch.device | None = None, *, amp: str = "off",
-    num_classes: int | None = None,
+    num_classes: int | None = None, desc: str = "evaluate",
 ) -> dict[str, Any]:
     """Top-1 accuracy (percent), mean cross-entropy and per-class accuracy over ``loader``.
+
+    ``desc`` labels the progress bar (:mod:`filterprune.utils.progress`).
 
     The model is put in eval mode for the pass and every submodule's previous mode restored. A
     loader sharded over ``torch.distributed`` processes (``loader.shard[1] > 1``) has its sums
@@ -62,7 +64,7 @@ def evaluate(
     hits: torch.Tensor | None = None
     counts: torch.Tensor | None = None
     with evaluating(model):  # every submodule's train/eval flag restored, also on errors
-        for x, y in loader:
+        for x, y in progress(loader, desc=desc, unit="batch"):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             with _autocast(device, amp):
                 logits = model(x)

@@ -1,8 +1,10 @@
 """The score -> select -> apply methods as runner stages: every criterion, CAR, and the iterative schedule.
 
 Each step is three stages (``stepK.score``: the criterion's scores, stored as tensors; ``stepK.select``:
-the plan; ``stepK.apply``: the checked removal, model snapshot), plus ``stepK.finetune`` between steps
-when ``--steps K --step-finetune-epochs E`` ask for it. The cumulative target after step i of k is
+the plan; ``stepK.apply``: the checked removal, model snapshot), then ``stepK.recalibrate`` (BatchNorm
+statistics re-estimated on ``--bn-recalibrate N`` training images, val accuracy before/after on every
+``--eval-every``-th step and the last), plus ``stepK.finetune`` between steps when ``--steps K
+--step-finetune-epochs E`` ask for it. The cumulative target after step i of k is
 split geometrically, as :func:`filterprune.api.prune` does (same helpers, same numbers).
 """
 
@@ -69,6 +71,7 @@ def scored_steps(job: PruneJob, *, data: Any, normalize: str | None = None, step
         if options is None:
             macs, params = counter(job.model, job.x)
             records.append(StepRecord(step, goal, fixed["removed"], int(macs), int(params), fixed["max_error"]))
+            job.recalibrate(f"{tag}.recalibrate", report=job.evaluate_now(step, step == steps))
             if finetune is not None:
                 finetune(f"{tag}.finetune")
             continue
@@ -93,6 +96,7 @@ def scored_steps(job: PruneJob, *, data: Any, normalize: str | None = None, step
             return dataclasses.asdict(StepRecord(st, gl, removed, int(macs), int(params), max(errs) if errs else None))
 
         records.append(StepRecord(**job.runner.stage(f"{tag}.apply", apply, snapshot=True)))
+        job.recalibrate(f"{tag}.recalibrate", report=job.evaluate_now(step, step == steps))
         if finetune is not None:
             finetune(f"{tag}.finetune")
     errors = [r.max_error for r in records if r.max_error is not None]
@@ -150,7 +154,8 @@ def run_iterative(job: PruneJob) -> MethodResult:
     finetune = job.step_finetune()
     report, iterations = iterate(job.cfg, job.model, job.x, job.splits,
                                  None if finetune is None else lambda _net, it: finetune(f"iter{it}.finetune"),
-                                 job.accuracies, stage=job.runner.stage)
+                                 job.accuracies, stage=job.runner.stage,
+                                 recalibrate=lambda _net, it, due: job.recalibrate(f"iter{it}.recalibrate", report=due))
     return MethodResult(report, {"iterations": iterations})
 
 

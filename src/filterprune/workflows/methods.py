@@ -57,6 +57,7 @@ class PruneJob:
         baseline: MACs, params and group widths of the unpruned model (targets are fractions of it).
         widths_before: conv widths of the unpruned model.
         folder: the run folder.
+        recalibrations: one record per BatchNorm re-calibration so far (:meth:`recalibrate`).
     """
 
     cfg: PruneRunConfig
@@ -70,6 +71,7 @@ class PruneJob:
     baseline: Baseline
     widths_before: dict[str, int]
     folder: Path
+    recalibrations: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def model(self) -> nn.Module:
@@ -85,6 +87,64 @@ class PruneJob:
         if self.test is not None:
             out["test_acc"] = evaluate(model, self.test, self.device)["acc"]
         return out
+
+    def val_accuracy(self, model: nn.Module | None = None) -> float:
+        """Validation accuracy in percent."""
+        from ..train import evaluate
+
+        return evaluate(model if model is not None else self.model, self.val, self.device, desc="evaluate val")["acc"]
+
+    def evaluate_now(self, step: int, last: bool) -> bool:
+        """Whether step ``step`` (1-based) of a schedule is evaluated: every ``--eval-every`` K-th, and the last."""
+        return last or step % self.cfg.prune.eval_every == 0
+
+    def recalibration_loader(self) -> Any:
+        """``--bn-recalibrate N`` fixed training images, stratified, shuffled once (a batch never holds
+        one class only), not augmented, in balanced batches of at most the eval batch size."""
+        from ..data.stream import make_loader
+        from ..data.subsets import SUBSET_SEED, fixed_subset
+
+        n = self.cfg.prune.bn_recalibrate
+        images = fixed_subset(self.splits.train, n)
+        images = images.sample(len(images), SUBSET_SEED)  # stratified subsets come in class order
+        ebs = self.cfg.finetune.eval_batch_size
+        batch = -(-len(images) // -(-len(images) // ebs))  # ceil(n / ceil(n / ebs)): no short last batch
+        return make_loader(images, batch, train=False, device=self.device)
+
+    def recalibrate(self, name: str, *, report: bool = True) -> dict[str, Any]:
+        """Stage ``name``: re-estimate every BatchNorm's running statistics on ``--bn-recalibrate N``
+        training images (:func:`~filterprune.train.bn_recalibrate.recalibrate_bn`), snapshot the model;
+        with ``report``, val accuracy before and after. Returns (and keeps in :attr:`recalibrations`)
+        ``{"stage", "images", "layers", "val_acc_before", "val_acc_after"}``; ``{}`` when it is off."""
+        n = self.cfg.prune.bn_recalibrate
+        if n <= 0:
+            return {}
+
+        def work() -> dict[str, Any]:
+            from ..train.bn_recalibrate import batchnorms, recalibrate_bn
+
+            if not batchnorms(self.model):
+                return {"stage": name, "images": 0, "layers": 0, "val_acc_before": None, "val_acc_after": None}
+            before = self.val_accuracy() if report else None
+            done = recalibrate_bn(self.model, self.recalibration_loader(), n, self.device)
+            after = self.val_accuracy() if report else None
+            if report:
+                logger.info("%s: BatchNorm re-calibrated on %d training images: val acc %.2f -> %.2f",
+                            name, done["images"], before, after)
+            return {"stage": name, **done, "val_acc_before": before, "val_acc_after": after}
+
+        record = self.runner.stage(name, work, snapshot=True)
+        self.recalibrations.append(record)
+        return record
+
+    def recalibration_summary(self) -> dict[str, Any]:
+        """``summary.json``'s ``bn_recalibration``: the images asked for, the last reported before/after
+        val accuracies (right after the last prune step) and every re-calibration's record."""
+        n = self.cfg.prune.bn_recalibrate
+        reported = [r for r in self.recalibrations if r.get("val_acc_before") is not None]
+        last = reported[-1] if reported else {}
+        return {"images": n, "val_acc_before": last.get("val_acc_before"), "val_acc_after": last.get("val_acc_after"),
+                "steps": list(self.recalibrations)}
 
     def fit(self, name: str, cfg: TrainConfig, hooks=(), run_dir: Path | None = None) -> list[dict[str, Any]]:
         """Train :attr:`model` with ``cfg`` in stage ``name``, checkpointing each epoch in ``run_dir``

@@ -15,9 +15,12 @@ Iteration i (1, 2, ...):
 3. if ``target_macs`` is given and step 2 would reach it (within ``tolerance``), the iteration instead
    removes just enough of the same ranking to land on ``target_macs`` of the original MACs, and is
    the last one;
-4. the channels are removed (checked against the masked model), MACs/params counted,
-   ``evaluate(model)`` recorded;
+4. the channels are removed (checked against the masked model), MACs/params counted; then
+   ``recalibrate(model, i, report)`` if given (``filterprune prune`` re-estimates the BatchNorm
+   statistics there), and ``evaluate(model)`` recorded;
 5. unless it was the last iteration: ``finetune(model, i)``, and ``evaluate`` again.
+
+``eval_every=K`` evaluates (steps 4 and 5) only in every K-th iteration and the last one.
 
 It stops after ``iterations`` iterations, at the MACs target, or when nothing more can be removed;
 then ``final_finetune(model)`` runs (its ``evaluate`` lands in the last record's ``finetuned``).
@@ -85,8 +88,10 @@ class IterationRecord:
         params_reduction: fraction of the original parameters removed so far.
         max_error: largest masked-vs-pruned output difference (``None`` without the check).
         score_seconds: wall time of scoring (for ``pls-vip``: feature collection and PLS fit).
-        pruned: ``evaluate(model)`` right after the removal (empty without ``evaluate``).
-        finetuned: ``evaluate(model)`` after the fine-tune that followed (empty if none ran).
+        pruned: ``evaluate(model)`` right after the removal and re-calibration (empty without
+            ``evaluate`` or in an iteration that ``eval_every`` skips).
+        finetuned: ``evaluate(model)`` after the fine-tune that followed (empty if none ran or skipped).
+        recalibration: what ``recalibrate`` returned (empty without it).
     """
 
     iteration: int
@@ -100,13 +105,17 @@ class IterationRecord:
     score_seconds: float
     pruned: Metrics = field(default_factory=dict)
     finetuned: Metrics = field(default_factory=dict)
+    recalibration: dict[str, Any] = field(default_factory=dict)
 
 
 def _direct(name: str, fn: Callable[[], Any], snapshot: bool = False) -> Any:
     return fn()
 
 
-def _validate(p: float, iterations: int | None, target_macs: float | None, tolerance: float) -> None:
+def _validate(p: float, iterations: int | None, target_macs: float | None, tolerance: float,
+              eval_every: int = 1) -> None:
+    if not isinstance(eval_every, int) or isinstance(eval_every, bool) or eval_every < 1:
+        raise ValueError(f"eval_every must be a positive integer, got {eval_every!r}")
     if not isinstance(p, (int, float)) or not 0.0 < p < 1.0:
         raise ValueError(f"p must be a fraction in (0, 1), got {p!r}")
     if iterations is not None and (not isinstance(iterations, int) or iterations < 1):
@@ -142,6 +151,8 @@ def pls_vip_iterate(
     seed: int = 0,
     tolerance: float = 0.01,
     stage: Callable[..., Any] | None = None,
+    recalibrate: Callable[[nn.Module, int, bool], dict[str, Any]] | None = None,
+    eval_every: int = 1,
 ) -> list[IterationRecord]:
     """Prune ``model`` in place by PLS+VIP iterations (module docstring); return one record per iteration.
 
@@ -172,12 +183,15 @@ def pls_vip_iterate(
             ``.apply``, ``.evaluate``); ``filterprune prune`` passes its
             :meth:`~filterprune.workflows.runner.Runner.stage` so that a killed run resumes mid-schedule.
             Default: call ``fn``.
+        recalibrate: ``recalibrate(model, iteration, report) -> dict`` right after each removal,
+            before ``evaluate`` (``report``: this iteration is evaluated); the dict is recorded.
+        eval_every: evaluate in every K-th iteration and the last one only.
 
     Raises:
         ValueError: bad arguments, or a data-driven criterion without data.
         PruningError: the model cannot be pruned safely or a selection is unreachable.
     """
-    _validate(p, iterations, target_macs, tolerance)
+    _validate(p, iterations, target_macs, tolerance, eval_every)
     if allocation == "sensitivity":
         raise ValueError("allocation='sensitivity' is not available with the iterative schedule: use global, "
                          "uniform or cost")
@@ -236,18 +250,24 @@ def pls_vip_iterate(
             record = IterationRecord(
                 iteration=i, removed_channels=pl.num_removed(), channels=left, macs=int(macs), params=int(params),
                 macs_reduction=1 - macs / base.macs, params_reduction=1 - params / base.params, max_error=err,
-                score_seconds=secs, pruned=dict(evaluate(model)) if evaluate else {},
+                score_seconds=secs,
             )
-            logger.info("iteration %d: removed %d channels (%d left), MACs -%.1f%%, params -%.1f%%, scoring %.1fs %s",
+            logger.info("iteration %d: removed %d channels (%d left), MACs -%.1f%%, params -%.1f%%, scoring %.1fs",
                         i, record.removed_channels, left, 100 * record.macs_reduction,
-                        100 * record.params_reduction, secs, record.pruned)
+                        100 * record.params_reduction, secs)
             return dataclasses.asdict(record)
 
         record = IterationRecord(**run(f"{tag}.apply", remove, snapshot=True))
+        due = last or it % eval_every == 0
+        if recalibrate is not None:
+            record = dataclasses.replace(record, recalibration=dict(recalibrate(model, it, due)))
+        if evaluate is not None and due:
+            record = dataclasses.replace(record, pruned=run(f"{tag}.evaluate_pruned", lambda: dict(evaluate(model))))
+            logger.info("iteration %d: %s", it, record.pruned)
         if not last and finetune is not None:
             finetune(model, it)
-            after = run(f"{tag}.evaluate", lambda: dict(evaluate(model)) if evaluate else {})
-            record = dataclasses.replace(record, finetuned=after)
+            if evaluate is not None and due:
+                record = dataclasses.replace(record, finetuned=run(f"{tag}.evaluate", lambda: dict(evaluate(model))))
         records.append(record)
         if last:
             break
@@ -277,10 +297,12 @@ def prune_report(records: Sequence[IterationRecord], *, criterion: str, target: 
 
 
 def run_iterative(cfg, model: nn.Module, x, splits, finetune: Callable[[nn.Module, int], Any] | None,
-                  evaluate: Callable[[nn.Module], Metrics], stage: Callable[..., Any] | None = None):
+                  evaluate: Callable[[nn.Module], Metrics], stage: Callable[..., Any] | None = None,
+                  recalibrate: Callable[[nn.Module, int, bool], dict[str, Any]] | None = None):
     """What ``filterprune prune --step-ratio P`` runs (called by ``run_prune``): returns
     ``(PruneReport, [record dicts])``. ``cfg`` is the :class:`~filterprune.config.PruneRunConfig`;
-    ``finetune(model, iteration)`` runs between iterations."""
+    ``finetune(model, iteration)`` runs between iterations, ``recalibrate`` after each removal;
+    ``--eval-every`` applies."""
     from ..api import conv_widths
     from ..data import BatchLoader
     from ..utils.seed import pick_device
@@ -304,6 +326,7 @@ def run_iterative(cfg, model: nn.Module, x, splits, finetune: Callable[[nn.Modul
         criterion=pc.criterion, criterion_kwargs=pc.criterion_kwargs() or None, finetune=finetune,
         evaluate=evaluate, min_channels=pc.min_channels, round_to=pc.round_to,
         global_ranking=pc.global_ranking, allocation=pc.allocation, check=pc.check, seed=pc.seed, stage=stage,
+        recalibrate=recalibrate, eval_every=pc.eval_every,
     )
     report = prune_report(records, criterion=pc.criterion, target=pc.target_macs, macs_before=macs_before,
                           params_before=params_before, widths_before=widths_before, widths_after=conv_widths(model))

@@ -126,6 +126,11 @@ def _run(cfg: PruneRunConfig, runner: Runner, method, download: bool, command: s
         atomic_write_json(out / "env.json", environment())
     seed_everything(cfg.prune.seed)
     splits = load_data(cfg.data, val_fraction=cfg.val_fraction, download=download)
+    if cfg.train_images or cfg.eval_images:  # quick mode: fixed, seeded subsets (data/subsets.py)
+        from ..data.subsets import subset_splits
+
+        splits = subset_splits(splits, train_images=cfg.train_images, eval_images=cfg.eval_images)
+        logger.info("quick mode: %s", splits.describe())
     model = resolve_model(cfg.model or None, cfg.weights or None, splits.train)
     device = pick_device(cfg.finetune.device)
     model.to(device)
@@ -148,7 +153,12 @@ def _run(cfg: PruneRunConfig, runner: Runner, method, download: bool, command: s
                    Baseline(base["macs"], base["params"], base["channels"]), base["widths"], out)
     result: MethodResult = method.run(job)
     pruned = runner.stage("pruned", job.accuracies)
-    logger.info("after pruning: %s", pruned)
+    recal = job.recalibration_summary()
+    if recal.get("val_acc_before") is not None:
+        logger.info("after pruning: %s (val acc %.2f before BN re-calibration on %d images)", pruned,
+                    recal["val_acc_before"], recal["images"])
+    else:
+        logger.info("after pruning: %s", pruned)
     history = result.history
     if not result.finetuned and ft.epochs > 0:
         history = runner.stage("finetune", lambda: job.fit("finetune", ft, run_dir=out / "finetune"), snapshot=True)
@@ -169,6 +179,10 @@ def _run(cfg: PruneRunConfig, runner: Runner, method, download: bool, command: s
         "method": method.name,
         "data": splits.describe(),
         "classes": [str(c) for c in splits.train.classes],
+        "eval_images": {"val": len(splits.val), "test": len(splits.test) if splits.test is not None else 0,
+                        "asked": cfg.eval_images},
+        "train_images": {"train": len(splits.train), "asked": cfg.train_images},
+        "bn_recalibration": job.recalibration_summary(),
         "base": base["accuracy"],
         "pruned": pruned,
         "finetuned": final,
