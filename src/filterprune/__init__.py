@@ -44,3 +44,9 @@ from .methods import CentripetalSGD  # noqa: E402
 from .methods.csgd_run import CSGDOptions, csgd_prune, squeeze  # noqa: E402
 
 __all__ += ["CSGDOptions", "CentripetalSGD", "csgd_prune", "squeeze"]
+
+# BatchNorm re-calibration after pruning (train/bn_recalibrate.py); the progress-bar switch (utils/progress.py)
+from .train.bn_recalibrate import recalibrate_bn  # noqa: E402
+from .utils.progress import set_progress  # noqa: E402
+
+__all__ += ["recalibrate_bn", "set_progress"]
