@@ -65,6 +65,14 @@ PRUNE_SUMMARY: dict[str, Any] = {
                                   "macs_reduction": _REMOVED, "params_reduction": _REMOVED,
                                   "steps": {"type": "array"}, "max_error": {"type": ["number", "null"]}}},
         "timings_s": {"type": "object", "additionalProperties": {"type": "number", "minimum": 0}},
+        "eval_images": {"type": "object", "required": ["val", "test", "asked"],
+                        "properties": {"val": _COUNT, "test": _COUNT, "asked": _COUNT}},
+        "train_images": {"type": "object", "required": ["train", "asked"],
+                         "properties": {"train": _COUNT, "asked": _COUNT}},
+        "bn_recalibration": {"type": "object", "required": ["images", "val_acc_before", "val_acc_after", "steps"],
+                             "properties": {"images": _COUNT, "val_acc_before": {"type": ["number", "null"]},
+                                            "val_acc_after": {"type": ["number", "null"]},
+                                            "steps": {"type": "array"}}},
     },
 }
 
