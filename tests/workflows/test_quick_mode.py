@@ -47,6 +47,7 @@ def test_eval_and_train_images_are_fixed_subsets_and_recorded(base, tmp_path, ca
     for key in ("base", "pruned", "finetuned"):  # 60 images: every accuracy is a multiple of 100/60
         assert all(abs(v * 60 / 100 - round(v * 60 / 100)) < 1e-9 for v in s[key].values()), s[key]
     assert "BatchNorm re-calibrated on 256 training images" in capsys.readouterr().out
+    assert s["latency"]["base"]["1"]["repeats"] == 10  # quick mode times fewer forwards
 
 
 def test_bn_recalibration_reported_and_consistent_with_pruned(base, tmp_path):

@@ -138,6 +138,10 @@ def _run(cfg: PruneRunConfig, runner: Runner, method, download: bool, command: s
     train, val, test = loaders(splits, ft.batch_size, ft.eval_batch_size, ft.device, ft.seed)
     x = example_batch(splits.train).to(device)
 
+    def latency(net) -> dict[str, Any]:  # quick mode times fewer forwards: 40 at batch 64 cost more than its evals
+        quick = {"warmup": 3, "repeats": 10} if cfg.eval_images else {}
+        return measure_latency(net, x[:1].shape, device=device, **quick)
+
     def base_stage() -> dict[str, Any]:
         macs, params = count(model, x)
         job0 = PruneJob(cfg, runner, x, splits, train, val, test, device, Baseline(0, 0), {}, out)
@@ -145,7 +149,7 @@ def _run(cfg: PruneRunConfig, runner: Runner, method, download: bool, command: s
         b = baseline(model, x, trace_groups(model, x), lambda m, i: (macs, params))
         logger.info("base: %s, %.2fM MACs", accs, macs / 1e6)
         return {"accuracy": accs, "macs": int(macs), "params": int(params), "channels": b.channels,
-                "widths": conv_widths(model), "latency": measure_latency(model, x[:1].shape, device=device)}
+                "widths": conv_widths(model), "latency": latency(model)}
 
     base = runner.stage("base", base_stage)
     model = runner.restore(model)
@@ -167,7 +171,7 @@ def _run(cfg: PruneRunConfig, runner: Runner, method, download: bool, command: s
     def final_counts() -> dict[str, Any]:
         macs, params = count(job.model, x)
         return {"macs": int(macs), "params": int(params),
-                "latency": measure_latency(job.model, x[:1].shape, device=device)}
+                "latency": latency(job.model)}
 
     counts = runner.stage("counts", final_counts)
     summary = {
