@@ -13,7 +13,11 @@ from .methods import Method, MethodResult, PruneJob, register_method
 
 
 def csgd(job: PruneJob) -> MethodResult:
-    """C-SGD as a prune method: cluster, centripetal training (the fine-tune epochs), trim."""
+    """C-SGD as a prune method: cluster, centripetal training (the fine-tune epochs), trim.
+
+    No BatchNorm re-calibration after the trim (``--bn-recalibrate`` does not apply): the trim removes
+    filters that centripetal training made identical to kept ones, so the trimmed model computes what the
+    trained one did and its BatchNorm statistics stay exact."""
     result = csgd_stages(job)
     return MethodResult(result.report, {"csgd": result.summary()}, finetuned=True, history=result.history)
 

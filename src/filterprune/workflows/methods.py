@@ -138,9 +138,10 @@ class PruneJob:
         return record
 
     def recalibration_summary(self) -> dict[str, Any]:
-        """``summary.json``'s ``bn_recalibration``: the images asked for, the last reported before/after
-        val accuracies (right after the last prune step) and every re-calibration's record."""
-        n = self.cfg.prune.bn_recalibrate
+        """``summary.json``'s ``bn_recalibration``: the images asked for (0 when none ran: ``--bn-recalibrate
+        0``, or C-SGD, whose trim is lossless), the last reported before/after val accuracies (right after
+        the last prune step) and every re-calibration's record."""
+        n = self.cfg.prune.bn_recalibrate if self.recalibrations else 0
         reported = [r for r in self.recalibrations if r.get("val_acc_before") is not None]
         last = reported[-1] if reported else {}
         return {"images": n, "val_acc_before": last.get("val_acc_before"), "val_acc_after": last.get("val_acc_after"),
