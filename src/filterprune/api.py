@@ -59,7 +59,9 @@ class StepRecord:
 @dataclass(frozen=True)
 class PruneReport:
     """What :func:`prune` did. ``widths_*`` map each conv's qualified name to its output channels;
-    ``max_error`` is the largest masked-vs-pruned output difference (``None`` without the check)."""
+    ``max_error`` is the largest masked-vs-pruned output difference (``None`` without the check);
+    ``latency``: with ``target_latency`` or ``round_to="auto"``, what was measured
+    (:meth:`filterprune.latency_target.LatencyTarget.record`)."""
 
     criterion: str
     target_name: str
@@ -72,6 +74,7 @@ class PruneReport:
     widths_after: dict[str, int]
     steps: tuple[StepRecord, ...]
     max_error: float | None
+    latency: dict[str, Any] | None = None
 
     @property
     def macs_reduction(self) -> float:
@@ -97,12 +100,22 @@ class PruneReport:
             f"criterion {self.criterion}, {self.target_name}={self.target:g}, {len(self.steps)} step(s)",
             f"MACs   {self.macs_before:>14,d} -> {self.macs_after:>14,d}  (-{100 * self.macs_reduction:.1f}%)",
             f"params {self.params_before:>14,d} -> {self.params_after:>14,d}  (-{100 * self.params_reduction:.1f}%)",
+            *_latency_lines(self.latency),
             f"{'layer':<{name_w}}  {'before':>6}  {'after':>6}  {'kept':>6}",
         ]
         for name, before in self.widths_before.items():
             after = self.widths_after.get(name, before)
             lines.append(f"{name:<{name_w}}  {before:>6d}  {after:>6d}  {100 * after / max(1, before):>5.1f}%")
         return "\n".join(lines)
+
+
+def _latency_lines(latency: dict[str, Any] | None) -> list[str]:
+    if not latency or latency.get("measured") is None:
+        return []
+    last = next(r for r in latency["iterations"] if r["measured"] == latency["measured"])
+    return [f"latency {last['base_ms']:>10.3f} ms -> {last['pruned_ms']:>10.3f} ms  (-{100 * latency['measured']:.1f}% "
+            f"measured side by side, -{100 * latency['predicted']:.1f}% predicted; batch {latency['batch_size']} on "
+            f"{latency['device']})"]
 
 
 def conv_widths(model: nn.Module) -> dict[str, int]:
@@ -190,7 +203,7 @@ def prune(
     finetune: Callable[[nn.Module, int], Any] | None = None,
     ignored_layers: Sequence[str | nn.Module] | None = None,
     min_channels: int = 1,
-    round_to: int = 1,
+    round_to: int | str = 1,
     max_ratio: float = 1.0,
     global_ranking: bool = True,
     normalize: str = "mean",
@@ -204,6 +217,9 @@ def prune(
     sensitivity_points: int = 9,
     sensitivity_metric: str = "loss",
     sensitivity_cache: PathLike | None = None,
+    target_latency: float | None = None,
+    latency_table: PathLike | None = None,
+    latency_options: Any = None,
 ) -> PruneReport:
     """Prune ``model`` in place to a target and report what changed.
 
@@ -214,14 +230,18 @@ def prune(
             object with ``score(ctx)``.
         target_macs: fraction of MACs to remove.
         target_params: fraction of parameters to remove.
-        ratio: fraction of prunable channels to remove. Give exactly one of the three targets.
+        ratio: fraction of prunable channels to remove. Give exactly one of the four targets.
+        target_latency: fraction of the model's *measured* latency on ``example_inputs``' device and
+            batch size to remove: a per-layer latency table predicts it, the pruned model is measured
+            side by side with the base and the selection refined (:mod:`filterprune.latency_target`).
         data: ``(x, y)`` batches for data-driven criteria.
         steps: prune in this many steps, re-scoring each time.
         schedule: how the target is split across steps: geometric or linear (module docstring).
         finetune: ``finetune(model, step)``, called after each step (the last one included).
         ignored_layers: layers (modules or qualified names) whose output channels are kept.
         min_channels: every group keeps at least this many channels.
-        round_to: kept channel counts are multiples of this.
+        round_to: kept channel counts are multiples of this; ``"auto"`` (or 0) measures which multiple
+            (1, 4, 8, 16) makes this device's convs fastest per MAC (:mod:`filterprune.metrics.round_to`).
         max_ratio: at most this fraction of a group's channels is removed.
         global_ranking: rank channels across groups; ``False`` prunes each group by the same fraction.
         normalize: per-group score normalisation for global ranking (mean, max, l2, none).
@@ -243,6 +263,10 @@ def prune(
         sensitivity_metric: with ``allocation="sensitivity"``: ``"loss"`` or ``"acc"`` drop.
         sensitivity_cache: with ``allocation="sensitivity"``: a JSON file the curves are written to and
             resumed from (``-stepK`` is added to its name for steps after the first).
+        latency_table: cache file of the latency table (reused when it fits this model, device and
+            batch; written otherwise; a file that is something else is refused).
+        latency_options: a :class:`filterprune.latency_target.LatencyOptions` (tolerance, refinements,
+            repeats).
 
     Returns:
         A :class:`PruneReport`.
@@ -252,7 +276,12 @@ def prune(
             the model rejects).
         PruningError: the model cannot be pruned safely, the target is unreachable, or the check failed.
     """
-    targets = {"target_macs": target_macs, "target_params": target_params, "ratio": ratio}
+    targets = {"target_macs": target_macs, "target_params": target_params, "ratio": ratio,
+               "target_latency": target_latency}
+    auto_round = round_to in ("auto", 0)
+    if not auto_round and (not isinstance(round_to, int) or round_to < 1):
+        raise ValueError(f"round_to must be a positive integer or 'auto', got {round_to!r}")
+    round_to = 1 if auto_round else round_to
     layer_ratios = dict(layer_ratios or {})
     for pat, r in layer_ratios.items():
         if not isinstance(r, (int, float)) or not 0 <= r < 1:
@@ -274,6 +303,14 @@ def prune(
     counter = default_counter()
     groups: list[ChannelGroup] = trace_groups(model, example_inputs, ignored_layers=ignored_layers)
     base = baseline(model, example_inputs, groups, counter)
+    latency = None
+    if target_latency is not None or auto_round:
+        from .latency_target import LatencyTarget
+
+        latency = LatencyTarget(model, example_inputs, target_latency, options=latency_options,
+                                table_path=latency_table, groups=groups)
+        if auto_round and options is not None:
+            options = dataclasses.replace(options, round_to=latency.choose_round_to(model, groups))
     widths_before = conv_widths(model)
     name, value = options.target if options is not None else ("layer_ratios", 0.0)
     records: list[StepRecord] = []
@@ -299,8 +336,13 @@ def prune(
             if options.mode == "sensitivity":
                 curves = _curves(model, groups, scores, data, num_batches, options, sensitivity_points,
                                  sensitivity_metric, _step_path(sensitivity_cache, step))
-            plan = select(model, example_inputs, groups, scores, dataclasses.replace(options, **{name: goal}),
-                          base=base, counter=counter, cost_fn=cost_fn, curves=curves)
+            opts = dataclasses.replace(options, **{name: goal})
+            if name == "target_latency":
+                plan = latency.select(model, groups, scores, opts, base=base, counter=counter, final=step == steps,
+                                      cost_fn=cost_fn, curves=curves)
+            else:
+                plan = select(model, example_inputs, groups, scores, opts, base=base, counter=counter,
+                              cost_fn=cost_fn, curves=curves)
             plan = broadcast_object(plan)  # under torchrun: rank 0's selection, surgery on every rank
             errs.append(apply_plan_checked(model, groups, plan, example_inputs) if check else None)
             if not check:
@@ -319,6 +361,7 @@ def prune(
         macs_before=base.macs, macs_after=records[-1].macs, params_before=base.params,
         params_after=records[-1].params, widths_before=widths_before, widths_after=conv_widths(model),
         steps=tuple(records), max_error=max(errors) if errors else None,
+        latency=latency.record() if latency is not None else None,
     )
 
 

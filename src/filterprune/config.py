@@ -311,10 +311,15 @@ class PruneConfig:
         target_macs: fraction of MACs to remove (0.5 halves them).
         target_params: fraction of parameters to remove.
         ratio: fraction of channels to remove (when no MACs/params target is given).
+        target_latency: fraction of the measured latency to remove, on the fine-tune device at
+            batch latency_batch: a per-layer latency table (cached in the run folder as
+            latency_table.json) predicts it and the pruned model is measured side by side with the base.
+        latency_batch: batch size at which --target-latency is measured.
         steps: prune in this many steps, re-scoring (and fine-tuning, if asked) between them.
         step_finetune_epochs: epochs of fine-tuning between steps (part of the total budget).
         min_channels: never keep fewer channels in a group.
-        round_to: kept channel counts are multiples of this.
+        round_to: kept channel counts are multiples of this; 0 chooses it from measurements on the
+            device (the multiple of 1, 4, 8, 16 that makes its convs fastest per MAC).
         global_ranking: rank channels across all groups (else the same ratio in every group).
         num_batches: batches of training data a data-driven criterion sees.
         seed: seeds random choices (the ``random`` criterion, sampling).
@@ -354,6 +359,8 @@ class PruneConfig:
     target_macs: float | None = None
     target_params: float | None = None
     ratio: float | None = None
+    target_latency: float | None = None
+    latency_batch: int = 1
     steps: int = 1
     step_finetune_epochs: int = 0
     min_channels: int = 1
@@ -381,12 +388,13 @@ class PruneConfig:
         check_fields(self, {
             "target_macs": _optional(FRACTION), "target_params": _optional(FRACTION), "ratio": _optional(FRACTION),
             "steps": POSITIVE_INT, "step_finetune_epochs": COUNT, "min_channels": POSITIVE_INT,
-            "round_to": POSITIVE_INT, "num_batches": POSITIVE_INT, "seed": SEED,
+            "round_to": COUNT, "num_batches": POSITIVE_INT, "seed": SEED,
+            "target_latency": _optional(FRACTION), "latency_batch": POSITIVE_INT,
             "step_ratio": _optional(OPEN_FRACTION), "sensitivity_points": POSITIVE_INT, "sensitivity_images": COUNT,
             "eval_every": POSITIVE_INT,
             "bn_recalibrate": (COUNT[0], "must be an integer >= 0 (0 turns it off)"),
         })  # fmt: skip
-        given = [k for k in ("target_macs", "target_params", "ratio") if getattr(self, k) is not None]
+        given = [k for k in ("target_macs", "target_params", "ratio", "target_latency") if getattr(self, k) is not None]
         if len(given) > 1:
             raise config_error(given[1], f"cannot be combined with {flag_for(given[0])}: give one target")
         if not isinstance(self.criterion, str) or not self.criterion:

@@ -274,9 +274,14 @@ def check_prune(p: PruneConfig) -> None:
                                "--target-params do not apply to it")
         if p.target_macs is None and p.steps == 1:
             raise config_error("prune.step_ratio", "needs --target-macs or --steps > 1: nothing would stop it")
-    elif p.target_macs is None and p.target_params is None and p.ratio is None and not p.layer_ratio:
-        raise config_error("prune.target_macs", "or --target-params, --ratio or --layer-ratio is required: say how "
-                           "much to remove")
+    elif (p.target_macs is None and p.target_params is None and p.ratio is None and p.target_latency is None
+          and not p.layer_ratio):
+        raise config_error("prune.target_macs", "or --target-params, --ratio, --target-latency or --layer-ratio is "
+                           "required: say how much to remove")
+    if (p.target_latency is not None or p.round_to == 0) and (
+            p.step_ratio is not None or p.criterion in training_methods() or "k" in parse_options(p.criterion_options)):
+        raise config_error("prune.target_latency", "and --round-to 0 work with score criteria (not with --step-ratio, "
+                           "a training method or CAR's k=); give --target-macs there")
     if p.criterion in training_methods() and (p.steps != 1 or p.step_ratio is not None):
         raise config_error("prune.steps", f"must be 1 and --step-ratio unset for {p.criterion}: it prunes in one "
                            f"round, got --steps {p.steps}")

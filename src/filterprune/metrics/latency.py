@@ -11,7 +11,7 @@ import copy
 import logging
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -21,7 +21,7 @@ from ..utils.modes import evaluating
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["measure_latency"]
+__all__ = ["measure_latency", "measure_side_by_side"]
 
 
 def _sample_shape(example: Tensor | Sequence[int]) -> tuple[int, ...]:
@@ -108,3 +108,53 @@ def measure_latency(
             }
             logger.debug("latency b=%d: %.3f ms (IQR %.3f)", bs, results[str(bs)]["median_ms"], q3 - q1)
     return results
+
+
+def measure_side_by_side(models: dict[str, nn.Module], example_inputs: Tensor, *, rounds: int = 15,
+                         repeats: int = 10, warmup: int = 3,
+                         timer: Callable[[nn.Module, Tensor], float] | None = None) -> dict[str, Any]:
+    """Time several models in interleaved rounds so that machine noise hits them alike.
+
+    Each round times every model (``repeats`` forwards after ``warmup``, median kept), in an order
+    rotated by one model per round; the first model is the reference. Per model the result holds the
+    round medians, their median, and the median over rounds of the per-round ratio to the reference
+    (drift between rounds cancels in a ratio taken within one round).
+
+    Args:
+        models: ``{name: model}``, the reference first; each runs in eval mode (flags restored).
+        example_inputs: the batch, on the models' device.
+        rounds: interleaved rounds.
+        repeats: timed forwards per model per round.
+        warmup: untimed forwards per model per round.
+        timer: ``timer(module, x) -> seconds`` of one forward (default: ``perf_counter``/CUDA events).
+
+    Returns:
+        ``{"rounds", "repeats", "threads", "device", "models": {name: {"round_ms", "median_ms",
+        "ratio", "reduction"}}}`` where ``ratio`` is the median per-round time ratio to the reference and
+        ``reduction = 1 - ratio``.
+
+    Raises:
+        ValueError: no model, or ``rounds``/``repeats`` < 1.
+
+    >>> r = measure_side_by_side({"a": nn.Linear(4, 2), "b": nn.Linear(4, 1)}, torch.randn(2, 4), rounds=2, repeats=2)
+    >>> sorted(r["models"]["b"])
+    ['median_ms', 'ratio', 'reduction', 'round_ms']
+    """
+    from .latency_table import median_time
+
+    if not models or rounds < 1 or repeats < 1:
+        raise ValueError(f"need at least one model, rounds >= 1 and repeats >= 1 (got {len(models)}, {rounds}, {repeats})")
+    names = list(models)
+    per: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(rounds):
+        order = names[r % len(names):] + names[:r % len(names)]
+        for n in order:
+            per[n].append(1e3 * median_time(models[n], example_inputs, warmup=warmup, repeats=repeats, timer=timer))
+    ref = per[names[0]]
+    out: dict[str, Any] = {"rounds": rounds, "repeats": repeats, "threads": torch.get_num_threads(),
+                           "device": str(example_inputs.device), "models": {}}
+    for n in names:
+        ratio = statistics.median(t / max(b, 1e-12) for t, b in zip(per[n], ref, strict=True))
+        out["models"][n] = {"round_ms": per[n], "median_ms": statistics.median(per[n]), "ratio": ratio,
+                            "reduction": 1 - ratio}
+    return out

@@ -3,7 +3,10 @@
 Targets (exactly one), each a fraction of the *baseline* (the model before the first pruning step):
 
 * ``ratio``: fraction of the prunable channels removed;
-* ``target_macs``: fraction of MACs removed; ``target_params``: fraction of parameters removed.
+* ``target_macs``: fraction of MACs removed; ``target_params``: fraction of parameters removed;
+* ``target_latency``: fraction of the latency removed, as predicted by ``select(..., latency=f)``
+  (:data:`LatencyFn`; :mod:`filterprune.latency_target` builds ``f`` from a measured per-group table
+  and verifies the result by measuring).
 
 The *allocation* decides how the target is shared among the groups (:mod:`.allocation`): ``global``
 (default: channels of all groups in one list, lowest per-group normalised score first), ``uniform``
@@ -31,13 +34,13 @@ Modules: :mod:`.options` (what is asked), :mod:`.cost` (MACs/params model, count
 """
 
 from .allocation import cost_keys, unit_key
-from .cost import CostFn, CostModel, Counter, _analytic_count, baseline, default_counter
+from .cost import CostFn, CostModel, Counter, LatencyFn, _analytic_count, baseline, default_counter
 from .engine import _limits, select
 from .family import _GRID_BUDGET, _candidates, _Family, _normalized
 from .options import ALLOCATIONS, NORMALIZERS, Baseline, SelectOptions
 from .sensitivity import SensitivityCurves, loss_and_accuracy, measure_curves, monotone_fit, ratio_grid
 
-__all__ = ["ALLOCATIONS", "NORMALIZERS", "Baseline", "CostFn", "CostModel", "Counter", "SelectOptions",
+__all__ = ["ALLOCATIONS", "NORMALIZERS", "Baseline", "CostFn", "CostModel", "Counter", "LatencyFn", "SelectOptions",
            "SensitivityCurves", "baseline", "cost_keys", "default_counter", "loss_and_accuracy", "measure_curves",
            "monotone_fit", "ratio_grid", "select", "unit_key"]
 # private names re-exported for the tests written against the single-module selection.py

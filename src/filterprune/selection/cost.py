@@ -21,6 +21,10 @@ Counter = Callable[[nn.Module, Inputs], tuple[int, int]]
 #: when the group loses ``n_removed`` of its current channels, the other groups as they are; 0 for 0.
 #: ``allocation="cost"`` ranks channels by score per unit of it (:mod:`filterprune.selection.allocation`).
 CostFn = Callable[[ChannelGroup, int], float]
+#: ``latency(cuts) -> fraction of the baseline latency removed``, ``cuts[(module, "in"|"out")]`` the
+#: indices cut from that module's dimension: the predictor of ``target_latency``
+#: (:mod:`filterprune.latency_target` builds it from a measured table and verifies by measuring).
+LatencyFn = Callable[[dict[tuple[str, str], int]], float]
 
 
 def _analytic_count(model: nn.Module, example_inputs: Inputs) -> tuple[int, int]:

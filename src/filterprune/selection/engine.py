@@ -16,7 +16,7 @@ from ..graph.surgery import apply_plan
 from ..graph.trace import Inputs, first_sample
 from ..types import Scores
 from .allocation import unit_key
-from .cost import CostFn, CostModel, Counter, _analytic_count, default_counter
+from .cost import CostFn, CostModel, Counter, LatencyFn, _analytic_count, default_counter
 from .family import _candidates, _Family
 from .options import Baseline, SelectOptions
 
@@ -58,6 +58,7 @@ def select(
     counter: Counter | None = None,
     cost_fn: CostFn | None = None,
     curves: SensitivityCurves | None = None,
+    latency: LatencyFn | None = None,
 ) -> PrunePlan:
     """Choose the channels to remove so that ``options``' target is met.
 
@@ -72,12 +73,16 @@ def select(
         cost_fn: ``allocation="cost"`` only: ``cost_fn(group, n_removed) -> cost saved`` (e.g. measured
             latency, :data:`~filterprune.selection.cost.CostFn`) instead of the target's MACs/params.
         curves: ``allocation="sensitivity"`` only: the model's per-group sensitivity curves.
+        latency: with ``target_latency``: the predictor of the removed latency fraction (:data:`LatencyFn`).
 
     Raises:
         PruningError: the target cannot be reached within tolerance under the constraints.
-        ValueError: scores are missing or malformed, or the allocation's input (curves) is missing.
+        ValueError: scores are missing or malformed, the allocation's input (curves) is missing, or
+            ``target_latency`` without ``latency``.
     """
     name, target = options.target
+    if name == "target_latency" and latency is None:
+        raise ValueError("target_latency needs latency=: a predictor of the removed latency fraction")
     sample = first_sample(example_inputs)  # fractions do not depend on the batch size
     measured = counter is not None or default_counter() is not _analytic_count
     counter = counter or default_counter()
@@ -85,8 +90,8 @@ def select(
     cost = CostModel(model, sample) if costed else None
     now = (counter(model, sample) if measured else cost.totals()) if cost else (0, 0)
     base = base or Baseline(int(now[0]), int(now[1]), {g.id: g.size for g in groups})
-    verify = name != "ratio" and measured
-    fam = _Family(_candidates(groups, scores, options, base), options, base, cost)
+    verify = name not in ("ratio", "target_latency") and measured  # latency: measured by the caller
+    fam = _Family(_candidates(groups, scores, options, base), options, base, cost, latency)
     fam.order(unit_key(fam, options, now, cost_fn=cost_fn, curves=curves))
 
     def analytic(counts: Sequence[int], shift: float = 0.0) -> float:

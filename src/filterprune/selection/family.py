@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from ..graph.groups import PrunePlan
-from .cost import CostModel
+from .cost import CostModel, LatencyFn
 from .options import Baseline, SelectOptions
 
 _GRID_BUDGET = 20_000  # evaluations per round of the two-group search in _Family._exchange
@@ -65,8 +65,9 @@ class _Family:
     order, so every prefix is a valid plan.
     """
 
-    def __init__(self, cands, opts: SelectOptions, base: Baseline, cost: CostModel | None) -> None:
-        self.cands, self.base, self.cost = cands, base, cost
+    def __init__(self, cands, opts: SelectOptions, base: Baseline, cost: CostModel | None,
+                 latency: LatencyFn | None = None) -> None:
+        self.cands, self.base, self.cost, self.latency = cands, base, cost, latency
         self.steps: list[list[int]] = [
             [n for n in range(1, limit + 1) if opts.round_to == 1 or (g.size - n) % opts.round_to == 0]
             for g, _, limit, _ in cands]
@@ -113,6 +114,8 @@ class _Family:
                 d_macs, d_params = d_macs + m0 - m1, d_params + p0 - p1
             out["target_macs"] = 1 - (now[0] - d_macs) / max(1, self.base.macs)
             out["target_params"] = 1 - (now[1] - d_params) / max(1, self.base.params)
+            if self.latency is not None:
+                out["target_latency"] = float(self.latency(dict(cut)))
         return out
 
     def solve(self, f: Callable[[Sequence[int]], float], target: float, tol: float) -> list[int]:

@@ -14,12 +14,14 @@ ALLOCATIONS = ("global", "uniform", "cost", "sensitivity")
 
 @dataclass(frozen=True)
 class SelectOptions:
-    """What to remove. Exactly one of ``ratio``, ``target_macs``, ``target_params``.
+    """What to remove. Exactly one of ``ratio``, ``target_macs``, ``target_params``, ``target_latency``.
 
     Attributes:
         ratio: fraction of prunable channels to remove, in [0, 1).
         target_macs: fraction of MACs to remove, in [0, 1).
         target_params: fraction of parameters to remove, in [0, 1).
+        target_latency: fraction of the latency to remove, in [0, 1), as ``select``'s ``latency``
+            predicts (:mod:`filterprune.latency_target` measures and refines it).
         global_ranking: rank all channels together; ``False`` removes the same fraction per group
             (the same as ``allocation="uniform"``, kept for existing callers).
         normalize: per-group score normalisation before global ranking: mean, max, l2 or none.
@@ -47,12 +49,14 @@ class SelectOptions:
     ignored_layers: tuple[str, ...] = ()
     tolerance: float = 0.01
     allocation: str = "global"
+    target_latency: float | None = None
     cost_of: str | None = None
 
     def __post_init__(self) -> None:
         given = {k: v for k, v in self.targets().items() if v is not None}
         if len(given) != 1:
-            raise ValueError(f"give exactly one of ratio, target_macs, target_params (got {sorted(given) or 'none'})")
+            raise ValueError("give exactly one of ratio, target_macs, target_params, target_latency "
+                             f"(got {sorted(given) or 'none'})")
         (name, value), = given.items()
         if not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
             raise ValueError(f"{name} must be a fraction in [0, 1), got {value!r}")
@@ -71,8 +75,9 @@ class SelectOptions:
                              f"allocation={self.allocation!r}")
 
     def targets(self) -> dict[str, float | None]:
-        """The three target fields by name (``None`` for the two not given)."""
-        return {"ratio": self.ratio, "target_macs": self.target_macs, "target_params": self.target_params}
+        """The target fields by name (``None`` for those not given)."""
+        return {"ratio": self.ratio, "target_macs": self.target_macs, "target_params": self.target_params,
+                "target_latency": self.target_latency}
 
     @property
     def target(self) -> tuple[str, float]:

@@ -40,14 +40,18 @@ def scored_steps(job: PruneJob, *, data: Any, normalize: str | None = None, step
     steps = steps or p.steps
     crit = _criterion(p.criterion, p.criterion_kwargs() or None, data)
     layer_ratios = p.layer_ratios()
-    options = None
-    if p.target_macs is not None or p.target_params is not None or p.ratio is not None or not layer_ratios:
-        options = SelectOptions(target_macs=p.target_macs, target_params=p.target_params, ratio=p.ratio,
-                                global_ranking=p.global_ranking, normalize=normalize or p.normalize,
-                                min_channels=p.min_channels, round_to=p.round_to, max_ratio=p.max_ratio,
-                                ignored_layers=tuple(layer_ratios), allocation=p.allocation)
-    name, value = options.target if options is not None else ("layer_ratios", 0.0)
     ignored = list(p.ignore) or None
+    options = None
+    targets = {"target_macs": p.target_macs, "target_params": p.target_params, "ratio": p.ratio,
+               "target_latency": p.target_latency}
+    if any(v is not None for v in targets.values()) or not layer_ratios:
+        options = SelectOptions(**targets, global_ranking=p.global_ranking, normalize=normalize or p.normalize,
+                                min_channels=p.min_channels, round_to=max(1, p.round_to), max_ratio=p.max_ratio,
+                                ignored_layers=tuple(layer_ratios), allocation=p.allocation)
+    latency = None
+    if p.target_latency is not None or p.round_to == 0:
+        latency, options = _latency_target(job, options, ignored)
+    name, value = options.target if options is not None else ("layer_ratios", 0.0)
     counter = default_counter()
     finetune = job.step_finetune() if p.steps > 1 else None
     records: list[StepRecord] = []
@@ -79,8 +83,12 @@ def scored_steps(job: PruneJob, *, data: Any, normalize: str | None = None, step
                                                                           p.num_batches))
         opts = dataclasses.replace(options, **{name: goal})
         curves = sensitivity_stage(job, groups, scores, step) if opts.mode == "sensitivity" else None
-        plan = job.runner.stage(f"{tag}.select", lambda g=groups, s=scores, o=opts, c=curves: select(
-            job.model, job.x, g, s, o, base=job.baseline, counter=counter, curves=c))
+        if latency is not None and name == "target_latency":
+            plan = job.runner.stage(f"{tag}.select", lambda g=groups, s=scores, o=opts, c=curves, st=step: latency.select(
+                job.model, g, s, o, base=job.baseline, counter=counter, final=st == steps, curves=c))
+        else:
+            plan = job.runner.stage(f"{tag}.select", lambda g=groups, s=scores, o=opts, c=curves: select(
+                job.model, job.x, g, s, o, base=job.baseline, counter=counter, curves=c))
         if curves is not None and extra is not None:
             extra.setdefault("sensitivity", []).append(plan_summary(curves, groups, plan, step))
 
@@ -105,7 +113,30 @@ def scored_steps(job: PruneJob, *, data: Any, normalize: str | None = None, step
         macs_before=job.baseline.macs, macs_after=records[-1].macs, params_before=job.baseline.params,
         params_after=records[-1].params, widths_before=job.widths_before, widths_after=conv_widths(job.model),
         steps=tuple(records), max_error=max(errors) if errors else None,
+        latency=job.runner.stage("latency.record", latency.record) if latency is not None else None,
     )
+
+
+def _latency_target(job: PruneJob, options: SelectOptions | None, ignored):
+    """The run's :class:`~filterprune.latency_target.LatencyTarget` at ``--latency-batch`` on the run's
+    device, its table cached in the run folder (``latency_table.json``, reused on resume), and the
+    options with ``--round-to 0`` replaced by the measured choice (a stage: not re-measured on resume)."""
+    import torch
+
+    from ..latency_target import LatencyTarget
+
+    p = job.cfg.prune
+    gen = torch.Generator().manual_seed(p.seed)
+    x = torch.randn(p.latency_batch, *job.x.shape[1:], generator=gen).to(job.x.device, job.x.dtype)
+    groups = trace_groups(job.model, job.x, ignored_layers=ignored, probe=False)
+    latency = LatencyTarget(job.model, x, p.target_latency, table_path=job.folder / "latency_table.json",
+                            owned=True, groups=groups)
+    if p.round_to == 0 and options is not None:
+        chosen = job.runner.stage("latency.round_to", lambda: {
+            "round_to": latency.choose_round_to(job.model, groups), "evidence": latency.round_to_evidence})
+        latency.round_to_evidence = chosen["evidence"]
+        options = dataclasses.replace(options, round_to=chosen["round_to"])
+    return latency, options
 
 
 def run_scores(job: PruneJob) -> MethodResult:

@@ -13,7 +13,8 @@ step fine-tunes), ``finetune/`` or ``centripetal/`` (``metrics.jsonl``, checkpoi
 and the run records (:mod:`filterprune.workflows.records`): ``summary.json`` (versioned schema,
 ``docs/summary_schema.md``), ``metrics.jsonl`` (every evaluation, always), ``scores.csv`` (every filter's
 score per step), ``report.md`` with its plots (:mod:`filterprune.workflows.report`).
-With ``--allocation sensitivity`` also ``sensitivity.json`` (the curves) and ``sensitivity.png``.
+With ``--allocation sensitivity`` also ``sensitivity.json`` (the curves) and ``sensitivity.png``;
+with ``--target-latency`` (or ``--round-to 0``) ``latency_table.json``.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ logger = logging.getLogger(__name__)
 #: What a prune run writes at the top of its folder (``--overwrite`` replaces only these).
 PRUNE_FILES = ("config.yaml", "env.json", "run_state.json", "stages", "finetune", "centripetal",
                "model.safetensors", "summary.json", "metrics.jsonl", "scores.csv", *REPORT_FILES,
-               "sensitivity*.json", "sensitivity*.png")
+               "sensitivity*.json", "sensitivity*.png", "latency_table.json")
 
 
 def example_batch(ds, batch: int = 2, seed: int = 0) -> torch.Tensor:
