@@ -191,7 +191,7 @@ def test_milestones_must_increase(box, capsys, no_data_loading):
 PRUNE_RANGES = [
     ("--target-macs", "1"), ("--target-macs", "-0.1"), ("--target-macs", "nan"),
     ("--target-params", "1.5"), ("--ratio", "1"), ("--step-ratio", "0"), ("--step-ratio", "1"),
-    ("--steps", "0"), ("--min-channels", "0"), ("--round-to", "0"), ("--num-batches", "0"),
+    ("--steps", "0"), ("--min-channels", "0"), ("--round-to", "-1"), ("--num-batches", "0"),
     ("--step-finetune-epochs", "-1"), ("--finetune-lr", "0"), ("--finetune-epochs", "-2"),
     ("--finetune-label-smoothing", "2"), ("--finetune-batch-size", "0"), ("--val-fraction", "1.5"),
     ("--eval-images", "-1"), ("--train-images", "-5"), ("--eval-every", "0"), ("--bn-recalibrate", "-1"),
