@@ -38,6 +38,10 @@ def test_cli_target_latency_writes_the_table_and_the_measured_record(mocked, tmp
     lat = summary["report"]["latency"]
     assert lat["batch_size"] == 4 and lat["target"] == 0.3 and lat["iterations"]
     assert abs(lat["measured"] - 0.3) <= lat["tolerance"] and lat["met"]
+    jsonschema = pytest.importorskip("jsonschema")
+    from filterprune.workflows.summary_schema import schema_for
+
+    jsonschema.validate(summary, schema_for(summary))
     table = json.loads((out / "latency_table.json").read_text())
     assert table["meta"]["batch_size"] == 4 and lat["table"]["reused"] is False
 
