@@ -145,8 +145,8 @@ def test_ratio_zero_is_a_valid_request():
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({}, "give exactly one of ratio, target_macs, target_params (got none)"),
-    ({"ratio": 0.1, "target_macs": 0.2}, "give exactly one of ratio, target_macs, target_params (got ['ratio', 'target_macs'])"),
+    ({}, "give exactly one of ratio, target_macs, target_params, target_latency (got none)"),
+    ({"ratio": 0.1, "target_macs": 0.2}, "give exactly one of ratio, target_macs, target_params, target_latency (got ['ratio', 'target_macs'])"),
     ({"ratio": 0.1, "normalize": "z"}, "normalize must be one of mean, max, l2, none, got 'z'"),
     ({"ratio": 0.1, "min_channels": 0}, "min_channels and round_to must be >= 1"),
     ({"ratio": 0.1, "max_ratio": 0.0}, "max_ratio must be in (0, 1], got 0.0"),
