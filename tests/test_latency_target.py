@@ -118,3 +118,23 @@ def test_prune_round_to_auto_and_bad_arguments(monkeypatch):
     with pytest.raises(ValueError, match="target_latency needs latency"):
         select(mocks.net(), X, trace_groups(mocks.net(), X), _scores(trace_groups(mocks.net(), X)),
                SelectOptions(target_latency=0.3))
+
+
+def test_cost_allocation_ranks_by_score_per_measured_second():
+    # allocation="cost" under a latency target with the table's cost_fn (seconds saved by n channels of
+    # one group): a channel's score is weighed against the seconds it saves
+    model = mocks.net()
+    groups = trace_groups(model, X)
+    by_id = {g.id: g for g in groups}
+    lat = _target(model)
+    saving = {gid: lat.table.cost_fn()(by_id[gid], 1) for gid in ("0", "3")}
+    assert saving["0"] > 1.5 * saving["3"]  # closed form: a channel of "0" saves more time
+    scores = {"0": torch.ones(8), "3": torch.full((12,), 0.9)}  # "3" slightly less important
+    goal = lat.predictor(model)(plan_cuts(groups, PrunePlan({"0": [0, 1]})))
+    plans = {alloc: select(model, X, groups, scores, SelectOptions(target_latency=goal, normalize="none",
+                                                                   allocation=alloc, tolerance=0.005),
+                           latency=lat.predictor(model), cost_fn=lat.table.cost_fn())
+             for alloc in ("global", "cost")}
+    # 1 / saving["0"] < 0.9 / saving["3"]: per second saved, "0" is the cheaper importance -> it goes first
+    assert set(plans["cost"].prune_idxs) == {"0"} and len(plans["cost"].prune_idxs["0"]) == 2
+    assert "3" in plans["global"].prune_idxs  # by score alone, "3" goes first
