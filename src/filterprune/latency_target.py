@@ -212,9 +212,8 @@ class LatencyTarget:
             if abs(row["measured"] - goal) <= self.options.tolerance:
                 break
             aim += goal - row["measured"]
-        assert best is not None
-        self.chosen = best[1]
-        return best[0]
+        plan, self.chosen = best  # max_iters >= 1, and the first iteration either ran or raised
+        return plan
 
     def record(self) -> dict[str, Any]:
         """What was measured and chosen: target, table (path, reused, base), iterations, final
