@@ -17,7 +17,9 @@ that was decided. Two checkable rules (docs/methods.md §3.2 (a), (b); issue 16)
 * **Deeper layers** (:func:`response_colour_index`), on responses. For each filter, ``R_colour`` = its mean
   rectified response ``mean(relu(a))`` over the images and positions, and ``R_grey`` the same on the
   greyscale versions of the same images (luma ``Y = 0.299 R + 0.587 G + 0.114 B``, ITU-R BT.601, copied to
-  the three channels, then normalised like the colour images)::
+  the three channels, then normalised like the colour images). ``a`` is the filter's activation as the
+  network uses it: the output of the BatchNorm that normalises the conv when there is one
+  (:func:`activation_module`; ``relu(a)`` is then what the next layer reads), else the conv's output::
 
       index = 1 - R_grey / R_colour        (clipped to [0, 1]; colour-selective when >= 0.5)
 
@@ -34,7 +36,7 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import Tensor, nn
 
-__all__ = ["THRESHOLD", "greyscale", "kernel_colour_index", "response_colour_index"]
+__all__ = ["THRESHOLD", "activation_module", "greyscale", "kernel_colour_index", "response_colour_index"]
 
 THRESHOLD = 0.5
 LUMA = (0.299, 0.587, 0.114)
@@ -64,20 +66,54 @@ def kernel_colour_index(weight: Tensor, std: Sequence[float]) -> Tensor:
 
 def greyscale(x: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
     """The greyscale version of a normalised RGB batch ``(N, 3, H, W)``, normalised the same way."""
-    m = torch.as_tensor(mean, dtype=x.dtype).view(1, 3, 1, 1)
-    s = torch.as_tensor(std, dtype=x.dtype).view(1, 3, 1, 1)
+    m = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    s = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     pixels = x * s + m
-    y = (pixels * torch.as_tensor(LUMA, dtype=x.dtype).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    y = (pixels * torch.as_tensor(LUMA, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)).sum(1, keepdim=True)
     return (y.expand_as(x) - m) / s
+
+
+@torch.no_grad()
+def activation_module(model: nn.Module, layer: str, example: Tensor) -> str:
+    """Where a conv's filters are read as activations: the BatchNorm fed by its output, else the conv.
+
+    Found by running ``example`` once: the BatchNorm whose input is the very tensor ``layer`` returned.
+
+    Args:
+        model: the network (its mode is restored).
+        layer: a conv layer's qualified name.
+        example: a batch the model accepts.
+
+    Returns:
+        the qualified name of that BatchNorm, or ``layer``.
+    """
+    conv = model.get_submodule(layer)
+    seen: dict[str, Tensor] = {}
+    found: list[str] = []
+    hooks = [conv.register_forward_hook(lambda m, i, o: seen.setdefault("out", o))]
+    for name, m in model.named_modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            hooks.append(m.register_forward_hook(
+                lambda m, i, o, name=name: found.append(name) if i[0] is seen.get("out") else None))
+    was = model.training
+    model.eval()
+    try:
+        model(example)
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was)
+    return found[0] if found else layer
 
 
 @torch.no_grad()
 def layer_responses(model: nn.Module, layer: str, batches: Iterable[tuple[Tensor, Tensor]],
                     transform=None) -> Tensor:
-    """Mean rectified output ``mean(relu(a))`` per channel of ``layer`` over ``batches``, ``(C_out,)``."""
+    """Mean rectified output ``mean(relu(a))`` per channel of module ``layer`` over ``batches``, ``(C,)``
+    float64 on the CPU."""
     module = model.get_submodule(layer)
     total: list[Tensor] = []
-    handle = module.register_forward_hook(lambda m, i, o: total.append(o.detach().relu().mean((0, 2, 3)) * o.shape[0]))
+    handle = module.register_forward_hook(lambda m, i, o: total.append(o.detach().float().relu().mean((0, 2, 3)) * o.shape[0]))
     was = model.training
     model.eval()
     n = 0
@@ -88,17 +124,27 @@ def layer_responses(model: nn.Module, layer: str, batches: Iterable[tuple[Tensor
     finally:
         handle.remove()
         model.train(was)
-    return torch.stack(total).sum(0).double() / n
+    return torch.stack(total).sum(0).double().cpu() / n
 
 
 def response_colour_index(model: nn.Module, layer: str, batches: Sequence[tuple[Tensor, Tensor]],
-                          mean: Sequence[float], std: Sequence[float]) -> tuple[Tensor, Tensor, Tensor]:
-    """``(index, R_colour, R_grey)``, each ``(C_out,)``: ``index = clip(1 - R_grey / R_colour, 0, 1)``.
+                          mean: Sequence[float], std: Sequence[float], *,
+                          at: str | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """``(index, R_colour, R_grey)``, each ``(C_out,)`` float64 on the CPU:
+    ``index = clip(1 - R_grey / R_colour, 0, 1)`` (module docstring).
+
+    Args:
+        model: the network (not changed).
+        layer: the conv layer's qualified name.
+        batches: normalised ``(x, y)`` batches on the model's device.
+        mean, std: the input normalisation.
+        at: the module whose output is the activation ``a``; ``None``: :func:`activation_module`.
 
     A filter that never responds (``R_colour = 0``) gets NaN.
     """
-    colour = layer_responses(model, layer, batches)
-    grey = layer_responses(model, layer, batches, transform=lambda x: greyscale(x, mean, std))
+    at = at or activation_module(model, layer, batches[0][0][:1])
+    colour = layer_responses(model, at, batches)
+    grey = layer_responses(model, at, batches, transform=lambda x: greyscale(x, mean, std))
     index = (1 - grey / colour).clamp(0, 1)
     index[colour == 0] = float("nan")
     return index, colour, grey

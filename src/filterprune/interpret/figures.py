@@ -2,9 +2,11 @@
 patch that drives them most. Filters are drawn in CAR order (lowest first: the ones CAR removes
 first), each titled with its index, CAR and colour index; colour-selective ones in red.
 
-Patches (deeper layers): for each filter, the evaluation image and position of its largest output;
-the patch is the bounding box of the input pixels with a nonzero gradient of that output (its
-effective receptive field on that image), cut from the un-normalised image.
+Patches (deeper layers): for each filter, the evaluation image and position of its largest activation
+(the output of the module ``at``: the BatchNorm after the conv, see
+:func:`~filterprune.interpret.colour.activation_module`); the patch is the bounding box of the input
+pixels with a nonzero gradient of that activation (its effective receptive field on that image), cut
+from the un-normalised image.
 """
 
 from __future__ import annotations
@@ -33,9 +35,12 @@ def kernel_tiles(weight: Tensor, std: Sequence[float]) -> list[np.ndarray]:
 
 
 def top_patches(model: nn.Module, layer: str, batches: Sequence[tuple[Tensor, Tensor]], mean: Sequence[float],
-                std: Sequence[float]) -> list[np.ndarray]:
-    """The input patch of each filter's strongest response (module docstring), ``(h, w, 3)`` in [0, 1]."""
-    module = model.get_submodule(layer)
+                std: Sequence[float], at: str | None = None) -> list[np.ndarray]:
+    """The input patch of each filter's strongest response (module docstring), ``(h, w, 3)`` in [0, 1].
+
+    ``at`` names the module whose output is read (``None``: ``layer`` itself).
+    """
+    module = model.get_submodule(at or layer)
     out: list[Tensor] = []
     handle = module.register_forward_hook(lambda m, i, o: out.append(o))
     was = model.training
@@ -55,7 +60,7 @@ def top_patches(model: nn.Module, layer: str, batches: Sequence[tuple[Tensor, Te
                     for c in torch.nonzero(v > best_val).flatten().tolist():
                         best_val[c], best_at[c] = v[c], (b, int(i[c]))
         m = torch.as_tensor(mean).view(3, 1, 1)
-        s = torch.as_tensor(std).view(3, 1, 1)
+        s = torch.as_tensor(std).view(3, 1, 1)  # pixels are cut on the CPU
         patches = []
         for c, (b, j) in enumerate(best_at):
             x_all = batches[b][0]
@@ -68,8 +73,8 @@ def top_patches(model: nn.Module, layer: str, batches: Sequence[tuple[Tensor, Te
             out.clear()
             model(x)
             out[0][0, c].flatten()[pos].backward()
-            support = torch.nonzero(x.grad[0].abs().sum(0) > 0)
-            pixels = (x.detach()[0] * s + m).clamp(0, 1)
+            support = torch.nonzero(x.grad[0].abs().sum(0) > 0).cpu()
+            pixels = (x.detach()[0].cpu().float() * s + m).clamp(0, 1)
             if len(support):
                 (r0, c0), (r1, c1) = support.min(0).values.tolist(), support.max(0).values.tolist()
                 pixels = pixels[:, r0:r1 + 1, c0:c1 + 1]
@@ -90,14 +95,15 @@ def save_grid(images: Sequence[np.ndarray], titles: Sequence[str], red: Sequence
 
     cols = min(8, len(images))
     rows = math.ceil(len(images) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(1.5 * cols, 1.7 * rows + 0.6), squeeze=False)
+    height = 1.7 * rows + 0.6  # inches; the top 0.4 hold the suptitle
+    fig, axes = plt.subplots(rows, cols, figsize=(1.5 * cols, height), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, img, title, r in zip(axes.flat, images, titles, red, strict=False):
         ax.imshow(np.clip(img, 0, 1), interpolation="nearest")
         ax.set_title(title, fontsize=6, color="red" if r else "black")
     fig.suptitle(suptitle, fontsize=8)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / height))
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path

@@ -14,6 +14,8 @@ Source: Abbasi-Asl & Yu, arXiv 1705.07356 / 1711.02329: "of the top-20 CAR-prune
   ``draws`` random k-subsets (seeded) their mean count and the one-sided p-value of CAR's count,
   ``p = (1 + #{draws with count >= car_count}) / (1 + draws)``; the exact hypergeometric tail
   ``P(X >= car_count)`` (k of n filters, m colour-selective) is given next to it.
+  :func:`subset_statistic` gives the same numbers for any chosen k filters (e.g. the first k that
+  greedy CAR removes, one per step).
 """
 
 from __future__ import annotations
@@ -27,17 +29,49 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .colour import THRESHOLD, kernel_colour_index, response_colour_index
+from .colour import THRESHOLD, activation_module, kernel_colour_index, response_colour_index
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LayerStudy", "k_lowest_statistic", "study_layer"]
+__all__ = ["LayerStudy", "hypergeom_tail", "k_lowest_statistic", "study_layer", "subset_statistic"]
 
 
 def hypergeom_tail(n: int, m: int, k: int, x: int) -> float:
     """``P(X >= x)`` for X = colour-selective filters among k drawn without replacement from n (m selective)."""
     total = math.comb(n, k)
     return sum(math.comb(m, i) * math.comb(n - m, k - i) for i in range(x, min(m, k) + 1)) / total
+
+
+def subset_statistic(chosen: Sequence[int], selective: Tensor, draws: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """Colour-selective filters among ``chosen`` against random subsets of the same size (module docstring).
+
+    Args:
+        chosen: k distinct filter indices.
+        selective: ``(C,)`` bool, one per filter of the layer.
+        draws: random k-subsets (seeded, without replacement).
+        seed: their generator's seed.
+
+    Returns:
+        ``count``, ``k``, ``random_mean``, ``random_std``, ``random_draws``, ``p_value`` (Monte Carlo,
+        ``(1 + #{count_random >= count}) / (1 + draws)``) and ``p_value_exact`` (hypergeometric tail).
+
+    Raises:
+        ValueError: repeated or out-of-range indices.
+
+    >>> subset_statistic([0, 1], torch.tensor([True, True, False, False]), draws=10)["p_value_exact"]
+    0.16666666666666666
+    """
+    n, k = selective.numel(), len(chosen)
+    if len(set(chosen)) != k or not all(0 <= int(c) < n for c in chosen):
+        raise ValueError(f"chosen must be distinct filter indices in [0, {n}), got {list(chosen)}")
+    sel = selective.bool().cpu()
+    g = torch.Generator().manual_seed(seed)
+    counts = torch.tensor([int(sel[torch.randperm(n, generator=g)[:k]].sum()) for _ in range(draws)])
+    count = int(sel[torch.as_tensor(list(chosen), dtype=torch.long)].sum()) if k else 0
+    return {"count": count, "k": k, "random_mean": float(counts.double().mean()),
+            "random_std": float(counts.double().std()), "random_draws": draws,
+            "p_value": (1 + int((counts >= count).sum())) / (1 + draws),
+            "p_value_exact": hypergeom_tail(n, int(sel.sum()), k, count)}
 
 
 def k_lowest_statistic(car: Tensor, l1: Tensor, selective: Tensor, k: int, draws: int = 1000,
@@ -54,19 +88,14 @@ def k_lowest_statistic(car: Tensor, l1: Tensor, selective: Tensor, k: int, draws
     """
     n = car.numel()
     k = min(k, n)
-    sel = selective.bool()
-    car_idx = torch.argsort(car.double(), stable=True)[:k]
-    l1_idx = torch.argsort(l1.double(), stable=True)[:k]
-    g = torch.Generator().manual_seed(seed)
-    counts = torch.tensor([int(sel[torch.randperm(n, generator=g)[:k]].sum()) for _ in range(draws)])
-    car_count = int(sel[car_idx].sum())
+    sel = selective.bool().cpu()
+    car_idx = torch.argsort(car.double().cpu(), stable=True)[:k]
+    l1_idx = torch.argsort(l1.double().cpu(), stable=True)[:k]
+    rand = subset_statistic(car_idx.tolist(), sel, draws, seed)
     return {"k": k, "filters": n, "colour_selective": int(sel.sum()),
-            "car_count": car_count, "car_filters": car_idx.tolist(),
+            "car_count": rand["count"], "car_filters": car_idx.tolist(),
             "l1_count": int(sel[l1_idx].sum()), "l1_filters": l1_idx.tolist(),
-            "random_mean": float(counts.double().mean()), "random_std": float(counts.double().std()),
-            "random_draws": draws,
-            "p_value": (1 + int((counts >= car_count).sum())) / (1 + draws),
-            "p_value_exact": hypergeom_tail(n, int(sel.sum()), k, car_count)}
+            **{key: rand[key] for key in ("random_mean", "random_std", "random_draws", "p_value", "p_value_exact")}}
 
 
 @dataclass
@@ -81,6 +110,7 @@ class LayerStudy:
     base_acc: float
     filters: list[dict[str, Any]]
     statistic: dict[str, Any]
+    activation: str = ""
 
 
 def _reads_image(model: nn.Module, layer: str, in_chans: int) -> bool:
@@ -119,16 +149,18 @@ def study_layer(model: nn.Module, layer: str, batches: Sequence[tuple[Tensor, Te
     group = find_group(groups, layer)
     ctx = ScoringContext(model, x0, groups, data=list(batches), num_batches=len(batches))
     res = car_analysis(ctx, groups=[group.id])
-    car, score = res.drop[group.id].double(), res.scores("car")[group.id].double()
-    class_car = res.class_drop[group.id].double()  # (C, K)
+    car, score = res.drop[group.id].double().cpu(), res.scores("car")[group.id].double().cpu()
+    class_car = res.class_drop[group.id].double().cpu()  # (C, K)
     l1 = module.weight.detach().abs().sum(dim=tuple(range(1, module.weight.dim()))).double().cpu()
     if _reads_image(model, layer, len(std)):
         rule = "kernel: ||W_p - mean_c W_p||^2 / ||W_p||^2, W_p[c] = W[c] / std[c]"
         index = kernel_colour_index(module.weight, std)
+        activation = layer
         extra: dict[str, Tensor] = {}
     else:
-        rule = "response: 1 - R_grey / R_colour, R = mean relu(output) (Rafegas & Vanrell 2018)"
-        index, r_colour, r_grey = response_colour_index(model, layer, batches, mean, std)
+        activation = activation_module(model, layer, x0[:1])
+        rule = f"response: 1 - R_grey / R_colour, R = mean relu(output of {activation}) (Rafegas & Vanrell 2018)"
+        index, r_colour, r_grey = response_colour_index(model, layer, batches, mean, std, at=activation)
         extra = {"response_colour": r_colour, "response_grey": r_grey}
     selective = torch.nan_to_num(index, nan=0.0) >= THRESHOLD
     filters = []
@@ -143,4 +175,4 @@ def study_layer(model: nn.Module, layer: str, batches: Sequence[tuple[Tensor, Te
         filters.append(rec)
     stat = k_lowest_statistic(score, l1, selective, k, draws, seed)
     return LayerStudy(layer, group.id, rule, [float(s) for s in std], res.num_images, float(res.base), filters,
-                      stat)
+                      stat, activation)

@@ -8,19 +8,36 @@ statistic), ``filters.png`` (the filter grid in CAR order) and ``report.md``.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from torch import nn
+from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..types import PathLike
 from .figures import filter_titles, kernel_tiles, save_grid, top_patches
 from .study import LayerStudy, study_layer
 
-__all__ = ["EXPLAIN_FILES", "report_markdown", "run_explain"]
+__all__ = ["EXPLAIN_FILES", "draw_filters", "report_markdown", "run_explain"]
 
 EXPLAIN_FILES = ("filters.json", "filters.png", "report.md")
+
+
+def draw_filters(model: nn.Module, study: LayerStudy, batches: Sequence[tuple[Tensor, Tensor]],
+                 mean: Sequence[float], std: Sequence[float], path: Path) -> Path:
+    """The grid of a study's filters, lowest CAR first (red titles: colour-selective), as a PNG at ``path``:
+    first-layer kernels in pixel space, else each filter's strongest-response image patch
+    (:mod:`.figures`)."""
+    order = sorted(study.filters, key=lambda f: f["car_score"])
+    if study.rule.startswith("kernel"):
+        tiles = kernel_tiles(model.get_submodule(study.layer).weight, std)
+        kind = "kernels in pixel space"
+    else:
+        tiles = top_patches(model, study.layer, batches, mean, std, at=study.activation or None)
+        kind = "strongest-response patches"
+    return save_grid([tiles[f["index"]] for f in order], filter_titles(order), [f["colour_selective"] for f in order],
+                     path, f"{study.layer}: {kind}, lowest CAR first (red: colour-selective)")
 
 
 def report_markdown(study: LayerStudy, weights: str, picture: str) -> str:
@@ -80,15 +97,7 @@ def run_explain(weights: PathLike, data: str, layer: str, out: PathLike, *, imag
         batches = list(BatchLoader(ds.sample(images, seed), 250, train=False))
         study = study_layer(model, layer, batches, mean=ds.mean, std=ds.std, class_names=ds.classes, k=k,
                             draws=draws, seed=seed)
-        order = sorted(study.filters, key=lambda f: f["car_score"])
-        if study.rule.startswith("kernel"):
-            tiles = kernel_tiles(model.get_submodule(layer).weight, ds.std)
-            kind = "kernels in pixel space"
-        else:
-            tiles = top_patches(model, layer, batches, ds.mean, ds.std)
-            kind = "strongest-response patches"
-        save_grid([tiles[f["index"]] for f in order], filter_titles(order), [f["colour_selective"] for f in order],
-                  out / "filters.png", f"{layer}: {kind}, lowest CAR first (red: colour-selective)")
+        draw_filters(model, study, batches, ds.mean, ds.std, out / "filters.png")
         record = {"weights": str(weights), "data": data, **dataclasses.asdict(study)}
         atomic_write_json(out / "filters.json", record)
         atomic_write(out / "report.md", report_markdown(study, str(weights), "filters.png"))
