@@ -94,3 +94,31 @@ def test_greedy_order_is_ignored_for_other_weights(tmp_path):
     t.write_text(json.dumps({"weights": str(tmp_path / "w.safetensors"), "k": 1,
                              "runs": [{"layer": "a", "method": "car", "removal_order": [1, 0]}]}))
     assert mod.greedy_order(str(t), str(tmp_path / "w.safetensors"), "a") == [1, 0]
+
+
+def test_greedy_only_recounts_an_existing_result(tmp_path):
+    mod = script("interpretability")
+    weights = tmp_path / "w.safetensors"
+    flags = [True, False, True, False, False, True]
+
+    def record(layer):
+        filters = [{"index": i, "colour_selective": f} for i, f in enumerate(flags)]
+        stat = {"k": 2, "filters": 6, "colour_selective": 3, "car_count": 1, "l1_count": 0, "random_mean": 1.0,
+                "random_std": 0.7, "p_value": 0.8, "p_value_exact": 0.8}
+        return {"weights": str(weights), "layer": layer, "filters": filters, "statistic": stat, "rule": "r",
+                "figure": f"{layer}.png"}
+
+    out = tmp_path / "r.json"
+    out.write_text(json.dumps({**record("a"), "second_conv": record("b"), "draws": 50, "eval_images": 10,
+                               "command": "c", "table": []}))
+    table = tmp_path / "t.json"
+    table.write_text(json.dumps({"weights": str(weights), "k": 1, "runs": [
+        {"layer": "a", "method": "car", "removal_order": [5, 2, 0]},
+        {"layer": "a", "method": "l1", "removal_order": [1, 2, 3]}]}))
+    mod.main(["--greedy-only", "--out", str(out), "--layer-table", str(table)])
+    rec = json.loads(out.read_text())
+    assert rec["greedy_car"]["filters"] == [5, 2] and rec["greedy_car"]["count"] == 2  # the first k=2 removed
+    assert rec["greedy_car"]["p_value_exact"] == pytest.approx(3 / 15)  # P(X >= 2), k=2 of 6 with 3 selective
+    assert "greedy_car" not in rec["second_conv"]
+    assert [r["greedy_car_count"] for r in rec["table"] if "greedy_car_count" in r] == [2]
+    assert "| a | 3 / 6 | 2 | **1** | 2 |" in out.with_suffix(".md").read_text()
