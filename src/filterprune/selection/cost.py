@@ -71,9 +71,11 @@ class CostModel:
         if isinstance(m, nn.modules.conv._ConvNd):
             k = math.prod(m.kernel_size)
             out, inp = m.out_channels - cut_out, m.in_channels - cut_in
-            if is_depthwise(m):
-                out = inp = min(out, inp)
-            weights = out * inp / m.groups * k
+            if is_depthwise(m):  # a pruned depthwise conv keeps one input channel per filter (groups shrink)
+                out = min(out, inp)
+                weights = out * k
+            else:
+                weights = out * inp / m.groups * k
             return weights * pos, weights + (out if m.bias is not None else 0)
         if isinstance(m, nn.Linear):
             out, inp = m.out_features - cut_out, m.in_features - cut_in
