@@ -8,6 +8,8 @@
 #                                                          # ... only some mutants (mutmut name globs)
 #   MUTMUT_TESTS="tests/test_selection.py tests/test_selection_oracles.py" \
 #       benchmarks/mutation.sh src/filterprune/selection.py   # ... against a focused set of tests
+#   MUTMUT_PYTEST_ARGS="--deselect=tests/test_selection.py::test_resnet56_selection_is_fast" ...
+#                                                          # ... extra pytest arguments (whitespace-split)
 #   python benchmarks/mutation_report.py                   # -> benchmarks/results/mutation_report.{json,md}
 #
 # It runs in a snapshot of the working tree (tracked and untracked, not ignored files) under
@@ -23,9 +25,9 @@ name=$(printf '%s' "${only:-all}" | sed 's#^src/filterprune/##; s#[/*.]#_#g')
 work=${MUTMUT_DIR:-/tmp/filterprune-mutation/$name}
 mkdir -p "$work"
 (cd "$repo" && git ls-files -co --exclude-standard) | (cd "$repo" && tar -cf - -T -) | tar -xf - -C "$work"
-python - "$work/pyproject.toml" "$only" "${MUTMUT_TESTS:-}" <<'PY'
+python - "$work/pyproject.toml" "$only" "${MUTMUT_TESTS:-}" "${MUTMUT_PYTEST_ARGS:-}" <<'PY'
 import re, sys
-path, only, tests = sys.argv[1:]
+path, only, tests, extra = sys.argv[1:]
 text = open(path).read()
 def replace(key, values):
     global text
@@ -36,6 +38,8 @@ if only:
     replace("only_mutate", [only])
 if tests:
     replace("pytest_add_cli_args_test_selection", tests.split())
+if extra:
+    replace("pytest_add_cli_args", ["-p", "no:cacheprovider", *extra.split()])
 open(path, "w").write(text)
 PY
 echo "mutation testing ${only:-the configured modules} in $work" >&2

@@ -1,0 +1,198 @@
+"""Selection's plan family against independent oracles.
+
+* ``_Family.analytic``: on models made only of conv / BN / Linear layers the analytic model is exact,
+  so its removed fractions must equal ``metrics.count`` on the physically pruned model (and the
+  channel ratio a hand count), also against a baseline from an earlier pruning step.
+* ``_Family`` sequence: units in score order (global) or in fraction order (layerwise), ``round_to``
+  steps, written out by hand for two tiny groups.
+* ``_Family._exchange``: with two groups the two-group grid covers every state, so its answer must be
+  the cheapest state within ``tol`` found by brute force over all count pairs.
+* ``_Family.solve``: lands within ``tol`` whenever some state does (brute force), else returns the
+  closest prefix.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import filterprune.selection as sel
+from filterprune.graph.surgery import apply_plan
+from filterprune.graph.trace import trace_groups
+from filterprune.metrics import count
+from filterprune.selection import Baseline, CostModel, SelectOptions, _candidates, _Family
+from models_zoo import build
+
+
+def _fake_group(gid, size):
+    return SimpleNamespace(id=gid, size=size, members=(), prunable=True)
+
+
+def _family(sizes, scores, opts, base=None):
+    """A family over fake groups (no cost model): ``scores[i]`` one score per channel of group i."""
+    groups = [_fake_group(str(i), n) for i, n in enumerate(sizes)]
+    cands = []
+    for g, s in zip(groups, scores, strict=True):
+        s = torch.as_tensor(s, dtype=torch.float64)
+        order = sorted(range(g.size), key=lambda c: (float(s[c]), c))
+        cands.append((g, order, g.size - opts.min_channels, s))
+    base = base or Baseline(0, 0, {g.id: g.size for g in groups})
+    return _Family(cands, opts, base, None)
+
+
+def test_global_units_follow_the_scores_across_groups():
+    fam = _family([3, 2], [[0.5, 0.1, 0.9], [0.3, 0.7]], SelectOptions(ratio=0.5, normalize="none"))
+    # channel scores in order: g0:0.1 (1st), g1:0.3, g0:0.5, g1:0.7, g0:0.9 - limits 2 and 1
+    assert fam.units == [(0, 1), (1, 1), (0, 2)]
+    assert [fam.counts(k) for k in range(4)] == [[0, 0], [1, 0], [1, 1], [2, 1]]
+    assert fam.plan([2, 1]).prune_idxs == {"0": [0, 1], "1": [0]}
+    assert fam.plan([0, 1]).prune_idxs == {"1": [0]}  # a group removing nothing is not in the plan
+
+
+def test_layerwise_units_follow_the_removed_fraction():
+    fam = _family([4, 2], [[4, 3, 2, 1], [0, 9]], SelectOptions(ratio=0.5, global_ranking=False, min_channels=1))
+    # fractions: g0 1/4, 2/4, 3/4; g1 1/2 -> sorted (ties by group index)
+    assert fam.units == [(0, 1), (0, 2), (1, 1), (0, 3)]
+
+
+def test_round_to_keeps_multiples_of_r():
+    fam = _family([6], [range(6)], SelectOptions(ratio=0.5, round_to=2, normalize="none"))
+    assert fam.units == [(0, 2), (0, 4)]  # keeps 4, then 2 (6 - 5 = 1 is not a multiple of 2)
+
+
+def test_layerwise_fraction_counts_channels_removed_earlier():
+    base = Baseline(0, 0, {"0": 8, "1": 4})
+    fam = _family([4, 4], [range(4), range(4)], SelectOptions(ratio=0.5, global_ranking=False), base)
+    # g0 already lost 4 of 8: its units sit at 5/8, 6/8, 7/8; g1 at 1/4, 2/4, 3/4
+    assert fam.units == [(1, 1), (1, 2), (0, 1), (0, 2), (1, 3), (0, 3)]
+    assert fam.analytic([1, 2], (0, 0))["ratio"] == pytest.approx((4 + 1 + 2) / 12)
+
+
+@pytest.mark.parametrize("name", ["conv_chain", "residual", "concat", "flatten_head", "depthwise"])
+def test_analytic_fractions_equal_the_count_of_the_pruned_model(name):
+    model, x = build(name)
+    x = x[:1]
+    groups = trace_groups(model, x)
+    macs0, params0 = count(model, x)
+    base = Baseline(macs0, params0, {g.id: g.size for g in groups})
+    opts = SelectOptions(target_macs=0.5)
+    scores = {g.id: torch.randn(g.size, generator=torch.Generator().manual_seed(1)) for g in groups if g.prunable}
+    fam = _Family(_candidates(groups, scores, opts, base), opts, base, CostModel(model, x))
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        counts = [int(torch.randint(0, limit + 1, (), generator=gen)) for _, _, limit, _ in fam.cands]
+        got = fam.analytic(counts, (macs0, params0))
+        macs1, params1 = count(apply_plan(copy.deepcopy(model), groups, fam.plan(counts)), x)
+        total = sum(g.size for g, *_ in fam.cands)
+        assert got["ratio"] == pytest.approx(sum(counts) / total)
+        assert got["target_macs"] == pytest.approx(1 - macs1 / macs0, abs=1e-9)
+        assert got["target_params"] == pytest.approx(1 - params1 / params0, abs=1e-9)
+
+
+def test_analytic_against_a_baseline_of_an_earlier_step():
+    model, x = build("conv_chain")
+    x = x[:1]
+    groups = trace_groups(model, x)
+    macs0, params0 = count(model, x)
+    base = Baseline(macs0, params0, {g.id: g.size for g in groups})
+    first = {g.id: [0, 1] for g in groups if g.prunable}
+    from filterprune.graph.groups import PrunePlan
+    apply_plan(model, groups, PrunePlan(first))
+    groups = trace_groups(model, x)
+    now = count(model, x)
+    opts = SelectOptions(target_macs=0.5)
+    scores = {g.id: torch.arange(g.size, dtype=torch.float) for g in groups if g.prunable}
+    fam = _Family(_candidates(groups, scores, opts, base), opts, base, CostModel(model, x))
+    counts = [1] * len(fam.cands)
+    got = fam.analytic(counts, now)
+    macs1, params1 = count(apply_plan(copy.deepcopy(model), groups, fam.plan(counts)), x)
+    assert got["target_macs"] == pytest.approx(1 - macs1 / macs0, abs=1e-9)
+    assert got["target_params"] == pytest.approx(1 - params1 / params0, abs=1e-9)
+    removed = sum(2 + 1 for _ in fam.cands)
+    assert got["ratio"] == pytest.approx(removed / sum(base.channels[g.id] for g, *_ in fam.cands))
+
+
+def _weighted(weights):
+    """f(counts) = sum(w_i * n_i): a cost-like fraction with known values."""
+    return lambda c: sum(w * n for w, n in zip(weights, c, strict=True))
+
+
+def _brute(fam, f, target, tol):
+    states = [list(s) for s in itertools.product(*[[0] + sorted({n for gi, n in fam.units if gi == i})
+                                                    for i in range(len(fam.cands))])]
+    return [s for s in states if abs(f(s) - target) <= tol]
+
+
+def _position_cost(fam, counts):
+    """Summed sequence positions of the units the counts take (the _exchange docstring's cost)."""
+    return sum(pos for pos, (gi, n) in enumerate(fam.units) if n <= counts[gi])
+
+
+@pytest.mark.parametrize("target", [0.2, 0.3, 0.5, 0.25])
+def test_exchange_with_two_groups_returns_the_cheapest_landing_state(target):
+    # f counts removed channels (0.1 each): every split of the count lands, the cheapest must win;
+    # 0.25 lands nowhere
+    fam = _family([5, 4], [[0.1, 0.4, 0.5, 0.8, 0.9], [0.2, 0.3, 0.6, 0.7]], SelectOptions(ratio=0.5, normalize="none"))
+    f = _weighted([0.1, 0.1])
+    landing = _brute(fam, f, target, 0.01)
+    got = fam._exchange([0, 0], f, target, 0.01)
+    if not landing:
+        assert got is None
+    else:
+        assert len(landing) > 1
+        assert got is not None and abs(f(got) - target) <= 0.01
+        assert _position_cost(fam, got) == min(_position_cost(fam, s) for s in landing)
+
+
+def test_exchange_without_a_landing_state_returns_none():
+    fam = _family([3, 3], [[1, 2, 3], [4, 5, 6]], SelectOptions(ratio=0.5, normalize="none"))
+    assert fam._exchange([0, 0], _weighted([0.1, 0.1]), 0.05, 0.01) is None
+
+
+def test_exchange_moves_one_group_up_and_another_down_on_large_families(monkeypatch):
+    monkeypatch.setattr(sel, "_GRID_BUDGET", 0)
+    fam = _family([4, 4], [range(4), range(4, 8)], SelectOptions(ratio=0.5, normalize="none"))
+    f = _weighted([0.11, 0.1])
+    # from [1, 2] (0.31) no single-group move comes within 0.05 of 0.32; [2, 1] is the only landing state
+    assert _brute(fam, f, 0.32, 0.001) == [[2, 1]]
+    assert fam._exchange([1, 2], f, 0.32, 0.001) == [2, 1]
+    assert fam._exchange([2, 1], f, 0.31, 0.001) == [1, 2]
+
+
+def test_exchange_walks_towards_the_target_on_large_families(monkeypatch):
+    # above the grid budget only "one group up a unit, another down a unit" and single-group moves are
+    # tried; with three groups no single move lands but two rounds do
+    monkeypatch.setattr(sel, "_GRID_BUDGET", 0)
+    fam = _family([4, 4, 4], [range(4), range(4, 8), range(8, 12)], SelectOptions(ratio=0.5, normalize="none"))
+    f = _weighted([0.01, 0.1, 1.0])
+    target = 2.21  # only [1, 2, 2] (or states of equal value) lands
+    landing = _brute(fam, f, target, 1e-6)
+    assert landing == [[1, 2, 2]]
+    got = fam._exchange([3, 3, 0], f, target, 1e-6)
+    assert got == [1, 2, 2]
+
+
+@pytest.mark.parametrize("target", [0.2, 0.35, 0.5, 0.66, 0.9])
+def test_solve_lands_within_tol_whenever_a_state_does(target):
+    fam = _family([5, 4, 3], [[0.1, 0.4, 0.5, 0.8, 0.9], [0.2, 0.3, 0.6, 0.7], [0.05, 0.55, 0.95]],
+                  SelectOptions(ratio=0.5, normalize="none"))
+    f = _weighted([0.09, 0.13, 0.21])
+    tol = 0.012  # no state sits on the tolerance boundary
+    got = fam.solve(f, target, tol)
+    if _brute(fam, f, target, tol):
+        assert abs(f(got) - target) <= tol
+    else:
+        best = min(abs(f(fam.counts(k)) - target) for k in range(len(fam.units) + 1))
+        assert abs(f(got) - target) <= best + 1e-12
+
+
+def test_solve_returns_the_shortest_landing_prefix():
+    fam = _family([4], [range(4)], SelectOptions(ratio=0.5, normalize="none"))
+    f = _weighted([0.25])
+    assert fam.solve(f, 0.5, 0.01) == [2]
+    assert fam.solve(f, 0.0, 0.01) == [0]
+    assert fam.solve(f, 0.7, 0.01) == [3]  # closest: 0.75 (limit 3 of 4)
