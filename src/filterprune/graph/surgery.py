@@ -108,8 +108,10 @@ def prune_module(m: nn.Module, kind: str, remove: Sequence[int]) -> None:
     """Remove channels ``remove`` of ``m``'s ``kind`` dim in place (depthwise convs: both dims)."""
     if not remove:
         return
-    keep = _keep(dim_size(m, kind), remove)
     op = layer_op(m)
+    if op is None and not isinstance(m, (_CONV, nn.Linear, *PASS_THROUGH)):
+        raise PruningError(f"no surgery for {type(m).__name__}")
+    keep = _keep(dim_size(m, kind), remove)
     if op is not None:
         (op.prune_out if kind == "out" else op.prune_in)(m, keep)
     elif isinstance(m, _CONV):
@@ -137,12 +139,9 @@ def prune_module(m: nn.Module, kind: str, remove: Sequence[int]) -> None:
         for name in ("weight", "bias", "running_mean", "running_var"):
             _slice_param(m, name, 0, keep)
         m.num_features = len(keep)
-    elif isinstance(m, nn.PReLU):
-        if m.num_parameters > 1:
-            _slice_param(m, "weight", 0, keep)
-            m.num_parameters = len(keep)
-    else:
-        raise PruningError(f"no surgery for {type(m).__name__}")
+    elif m.num_parameters > 1:  # PReLU with a slope per channel (a shared slope stays)
+        _slice_param(m, "weight", 0, keep)
+        m.num_parameters = len(keep)
 
 
 def removals(groups: Sequence[ChannelGroup], plan: PrunePlan) -> dict[tuple[str, str], list[int]]:
