@@ -63,6 +63,7 @@ _HAND_CUT = {
     "act": ((2, 0), (0, 4)),
     "shared": ((2, 0), (0, 1)),  # one slope for all channels: nothing to cut
     "dw": ((2, 0), (4 * 9 * 25, 4 * 9)),  # 4 channels left, one kernel each
+    "dw_both": ((2, 2), (4 * 9 * 25, 4 * 9)),  # the same conv, cut on both sides
     "up": ((1, 1), (1 * 3 * 4 * 25, 1 * 3 * 4 + 1)),
     "fc": ((1, 100), (2 * 100, 2 * 100 + 2)),
 }
@@ -79,7 +80,38 @@ def test_cost_of_every_layer_type_by_hand():
 def test_cost_with_cuts_by_hand(name):
     cm = CostModel(_Zoo(), torch.randn(1, 3, 5, 5))
     (cut_out, cut_in), expected = _HAND_CUT[name]
+    name = name.removesuffix("_both")
     assert cm.cost(name, cut_out, cut_in) == pytest.approx(expected)
+
+
+def test_grouped_conv_by_hand():
+    model = nn.Sequential(nn.Conv2d(4, 6, 3, groups=2, bias=False))  # 6 filters of 2 input channels
+    cm = CostModel(model, torch.randn(1, 4, 5, 5))  # 3x3 output
+    assert cm.cost("0") == (6 * 2 * 9 * 9, 6 * 2 * 9)
+    assert cm.cost("0", 2, 0) == (4 * 2 * 9 * 9, 4 * 2 * 9)
+
+
+def test_a_layer_never_called_costs_no_macs():
+    class Unused(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.used, self.spare = nn.Conv2d(2, 2, 1), nn.Conv2d(2, 3, 1)
+
+        def forward(self, x):
+            return self.used(x)
+
+    cm = CostModel(Unused(), torch.randn(1, 2, 4, 4))
+    assert cm.cost("spare") == (0, 2 * 3 + 3) and cm.cost("spare", 1, 1) == (0, 1 * 2 + 2)
+    assert cm.totals() == (2 * 2 * 16, 6 + 9)
+
+
+def test_narrow_layers_at_batch_one():
+    model = nn.Sequential(nn.Conv2d(2, 1, 1), nn.BatchNorm2d(1, affine=False), nn.PReLU(1), nn.Conv2d(1, 2, 1),
+                          nn.PReLU(2))
+    cm = CostModel(model, torch.randn(1, 2, 3, 3))  # one sample, one channel: 9 positions
+    assert cm.positions["0"] == 9 and cm.cost("0") == (2 * 9, 2 + 1)
+    assert cm.cost("1") == (0, 0)  # no affine parameters
+    assert cm.cost("2") == (0, 1) and cm.cost("4", 1) == (0, 1)  # PReLU(2) with one channel cut
 
 
 def test_totals_match_the_metrics_count():

@@ -196,3 +196,46 @@ def test_solve_returns_the_shortest_landing_prefix():
     assert fam.solve(f, 0.5, 0.01) == [2]
     assert fam.solve(f, 0.0, 0.01) == [0]
     assert fam.solve(f, 0.7, 0.01) == [3]  # closest: 0.75 (limit 3 of 4)
+
+
+@pytest.mark.parametrize("budget, expected", [(20, [1, 2]), (19, [3, 0])])
+def test_exchange_grid_budget_is_inclusive(monkeypatch, budget, expected):
+    # 5 x 4 allowed counts = 20 grid states: at budget 20 every pair is tried and the cheapest landing
+    # state [1, 2] wins (cost 3); below it only single-group moves and one-unit exchanges are tried,
+    # of which [3, 0] (cost 7) and [0, 3] (cost 8) land
+    monkeypatch.setattr(sel, "_GRID_BUDGET", budget)
+    fam = _family([5, 4], [[0.1, 0.4, 0.5, 0.8, 0.9], [0.2, 0.3, 0.6, 0.7]], SelectOptions(ratio=0.5, normalize="none"))
+    assert [_position_cost(fam, s) for s in ([1, 2], [3, 0], [0, 3], [2, 1])] == [3, 7, 8, 4]
+    assert fam._exchange([0, 0], _weighted([0.1, 0.1]), 0.3, 0.01) == expected
+
+
+def test_exchange_can_take_a_group_down_to_zero(monkeypatch):
+    monkeypatch.setattr(sel, "_GRID_BUDGET", 0)
+    fam = _family([4, 4], [range(4), range(4, 8)], SelectOptions(ratio=0.5, normalize="none"))
+    f = _weighted([0.11, 0.1])
+    assert _brute(fam, f, 0.22, 0.001) == [[2, 0]]
+    assert fam._exchange([1, 1], f, 0.22, 0.001) == [2, 0]
+
+
+def test_exchange_tolerance_is_inclusive():
+    # dyadic values: [1] and [3] are exactly tol away from the target, [1] is the cheapest
+    fam = _family([4], [range(4)], SelectOptions(ratio=0.5, normalize="none"))
+    assert fam._exchange([0], _weighted([0.25]), 0.5, 0.25) == [1]
+
+
+def test_exchange_stops_where_no_move_gets_closer():
+    # three one-unit groups, f = 1 + w.c: only [1, 1, 1] lands, three changes away from [0, 0, 0]; the
+    # best one- or two-group move is no closer than the start, so the search gives up
+    fam = _family([2, 2, 2], [[0, 1], [2, 3], [4, 5]], SelectOptions(ratio=0.5, normalize="none"))
+
+    def f(c):
+        return 1 + c[0] + c[1] - 1.5 * c[2]
+
+    assert _brute(fam, f, 1.5, 0.01) == [[1, 1, 1]]
+    assert fam._exchange([0, 0, 0], f, 1.5, 0.01) is None
+
+
+def test_exchange_on_a_family_without_units():
+    fam = _family([1, 1], [[0], [1]], SelectOptions(ratio=0.5, normalize="none"))  # min_channels=1: nothing to cut
+    assert fam.units == []
+    assert fam._exchange([0, 0], _weighted([0.1, 0.1]), 0.5, 0.01) is None
