@@ -41,7 +41,15 @@ def _family(sizes, scores, opts, base=None):
         order = sorted(range(g.size), key=lambda c: (float(s[c]), c))
         cands.append((g, order, g.size - opts.min_channels, s))
     base = base or Baseline(0, 0, {g.id: g.size for g in groups})
-    return _Family(cands, opts, base, None)
+    fam = _Family(cands, opts, base, None)
+    if hasattr(fam, "order"):  # the selection package orders units in a separate allocation stage
+        fam.order(sel.unit_key(fam, opts, (0, 0)))
+    return fam
+
+
+def _set_grid_budget(monkeypatch, value):
+    """Patch the budget where ``_exchange`` reads it (its module, whatever selection's layout)."""
+    monkeypatch.setitem(_Family._exchange.__globals__, "_GRID_BUDGET", value)
 
 
 def test_global_units_follow_the_scores_across_groups():
@@ -154,7 +162,7 @@ def test_exchange_without_a_landing_state_returns_none():
 
 
 def test_exchange_moves_one_group_up_and_another_down_on_large_families(monkeypatch):
-    monkeypatch.setattr(sel, "_GRID_BUDGET", 0)
+    _set_grid_budget(monkeypatch, 0)
     fam = _family([4, 4], [range(4), range(4, 8)], SelectOptions(ratio=0.5, normalize="none"))
     f = _weighted([0.11, 0.1])
     # from [1, 2] (0.31) no single-group move comes within 0.05 of 0.32; [2, 1] is the only landing state
@@ -166,7 +174,7 @@ def test_exchange_moves_one_group_up_and_another_down_on_large_families(monkeypa
 def test_exchange_walks_towards_the_target_on_large_families(monkeypatch):
     # above the grid budget only "one group up a unit, another down a unit" and single-group moves are
     # tried; with three groups no single move lands but two rounds do
-    monkeypatch.setattr(sel, "_GRID_BUDGET", 0)
+    _set_grid_budget(monkeypatch, 0)
     fam = _family([4, 4, 4], [range(4), range(4, 8), range(8, 12)], SelectOptions(ratio=0.5, normalize="none"))
     f = _weighted([0.01, 0.1, 1.0])
     target = 2.21  # only [1, 2, 2] (or states of equal value) lands
@@ -203,14 +211,14 @@ def test_exchange_grid_budget_is_inclusive(monkeypatch, budget, expected):
     # 5 x 4 allowed counts = 20 grid states: at budget 20 every pair is tried and the cheapest landing
     # state [1, 2] wins (cost 3); below it only single-group moves and one-unit exchanges are tried,
     # of which [3, 0] (cost 7) and [0, 3] (cost 8) land
-    monkeypatch.setattr(sel, "_GRID_BUDGET", budget)
+    _set_grid_budget(monkeypatch, budget)
     fam = _family([5, 4], [[0.1, 0.4, 0.5, 0.8, 0.9], [0.2, 0.3, 0.6, 0.7]], SelectOptions(ratio=0.5, normalize="none"))
     assert [_position_cost(fam, s) for s in ([1, 2], [3, 0], [0, 3], [2, 1])] == [3, 7, 8, 4]
     assert fam._exchange([0, 0], _weighted([0.1, 0.1]), 0.3, 0.01) == expected
 
 
 def test_exchange_can_take_a_group_down_to_zero(monkeypatch):
-    monkeypatch.setattr(sel, "_GRID_BUDGET", 0)
+    _set_grid_budget(monkeypatch, 0)
     fam = _family([4, 4], [range(4), range(4, 8)], SelectOptions(ratio=0.5, normalize="none"))
     f = _weighted([0.11, 0.1])
     assert _brute(fam, f, 0.22, 0.001) == [[2, 0]]
