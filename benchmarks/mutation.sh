@@ -10,6 +10,10 @@
 #       benchmarks/mutation.sh src/filterprune/selection.py   # ... against a focused set of tests
 #   MUTMUT_PYTEST_ARGS="--deselect=tests/test_selection.py::test_resnet56_selection_is_fast" ...
 #                                                          # ... extra pytest arguments (whitespace-split)
+#   MUTMUT_WITHOUT="tests/graph/test_surgery_oracles.py" ...
+#                                                          # ... "before" a test file: it is emptied in the
+#                                                          # snapshot (the test selection stays the same, so a
+#                                                          # later run with it re-tests only the survivors named)
 #   python benchmarks/mutation_report.py                   # -> benchmarks/results/mutation_report.{json,md}
 #
 # It runs in a snapshot of the working tree (tracked and untracked, not ignored files) under
@@ -25,6 +29,9 @@ name=$(printf '%s' "${only:-all}" | sed 's#^src/filterprune/##; s#[/*.]#_#g')
 work=${MUTMUT_DIR:-/tmp/filterprune-mutation/$name}
 mkdir -p "$work"
 (cd "$repo" && git ls-files -co --exclude-standard) | (cd "$repo" && tar -cf - -T -) | tar -xf - -C "$work"
+for f in ${MUTMUT_WITHOUT:-}; do
+    printf '"""Emptied by benchmarks/mutation.sh (MUTMUT_WITHOUT): the run measures the suite before it."""\n' > "$work/$f"
+done
 python - "$work/pyproject.toml" "$only" "${MUTMUT_TESTS:-}" "${MUTMUT_PYTEST_ARGS:-}" <<'PY'
 import re, sys
 path, only, tests, extra = sys.argv[1:]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import sys
 from types import SimpleNamespace
 
 import pytest
@@ -48,8 +49,8 @@ def _family(sizes, scores, opts, base=None):
 
 
 def _set_grid_budget(monkeypatch, value):
-    """Patch the budget where ``_exchange`` reads it (its module, whatever selection's layout)."""
-    monkeypatch.setitem(_Family._exchange.__globals__, "_GRID_BUDGET", value)
+    """Patch the budget where ``_exchange`` reads it (the module defining _Family, whatever selection's layout)."""
+    monkeypatch.setattr(sys.modules[_Family.__module__], "_GRID_BUDGET", value)
 
 
 def test_global_units_follow_the_scores_across_groups():
