@@ -17,7 +17,15 @@ from torch import nn
 
 from filterprune.errors import PruningError
 from filterprune.graph.groups import ChannelGroup, Member, PrunePlan
-from filterprune.graph.surgery import apply_plan, dim_size, is_depthwise, is_mixer, prune_module, removals, weight_dim
+from filterprune.graph.surgery import (
+    apply_plan,
+    dim_size,
+    is_depthwise,
+    is_mixer,
+    prune_module,
+    removals,
+    weight_dim,
+)
 
 REMOVE = [0, 3, 5]
 
