@@ -248,3 +248,39 @@ def test_exchange_on_a_family_without_units():
     fam = _family([1, 1], [[0], [1]], SelectOptions(ratio=0.5, normalize="none"))  # min_channels=1: nothing to cut
     assert fam.units == []
     assert fam._exchange([0, 0], _weighted([0.1, 0.1]), 0.5, 0.01) is None
+
+
+def _reference_solve(fam, f, target, tol):
+    """``_Family.solve`` as its docstring specifies it, written from the docstring (stage 3 delegates to
+    ``_exchange``, tested above on its own)."""
+    prefixes = [fam.counts(k) for k in range(len(fam.units) + 1)]
+    lo = next((k for k, c in enumerate(prefixes) if f(c) >= target), len(fam.units))  # 1. shortest reaching
+    tried = [prefixes[k] for k in sorted({max(0, lo - 1), lo})]
+    if lo == 0 or any(abs(f(c) - target) <= tol for c in tried):
+        return min(tried, key=lambda c: abs(f(c) - target))
+    counts, frozen = list(prefixes[lo - 1]), set()  # 2. the following units in order, freezing overshooters
+    for gi, ni in fam.units[lo - 1:]:
+        if gi in frozen or ni <= counts[gi]:
+            continue
+        trial = counts[:gi] + [ni] + counts[gi + 1:]
+        if f(trial) > target + tol:
+            frozen.add(gi)
+            continue
+        counts = trial
+        if f(trial) >= target - tol:
+            return counts
+    fixed = fam._exchange(counts, f, target, tol)  # 3.
+    return fixed if fixed is not None else min(tried + [counts], key=lambda c: abs(f(c) - target))
+
+
+def test_solve_follows_its_three_stages_on_random_families():
+    gen = torch.Generator().manual_seed(0)
+    for case in range(150):
+        sizes = [int(n) for n in torch.randint(2, 6, (int(torch.randint(1, 4, (), generator=gen)),), generator=gen)]
+        scores = [torch.rand(n, generator=gen) for n in sizes]
+        fam = _family(sizes, scores, SelectOptions(ratio=0.5, normalize="none"))
+        weights = (torch.rand(len(sizes), generator=gen) * 0.3).tolist()
+        f = _weighted(weights)
+        reach = f(fam.counts(len(fam.units)))  # targets up to a little beyond what the family reaches
+        target, tol = float(torch.rand((), generator=gen)) * 1.1 * reach, float(torch.rand((), generator=gen)) * 0.05
+        assert fam.solve(f, target, tol) == _reference_solve(fam, f, target, tol), case
