@@ -15,7 +15,10 @@ makes the tests hang is detected).
 from __future__ import annotations
 
 import argparse
+import ast
+import difflib
 import fnmatch
+import functools
 import json
 import subprocess
 from collections import Counter
@@ -42,11 +45,31 @@ def read_run(run: Path, patterns: list[str] | None = None) -> dict[str, dict[str
     return out
 
 
+@functools.cache
+def _functions(path: Path) -> dict[str, list[str]]:
+    """Source lines (without the ``def`` line) of every function in a mutated module, by name."""
+    text = path.read_text()
+    lines = text.splitlines()
+    out = {}
+    for node in ast.walk(ast.parse(text)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            out[node.name] = lines[node.body[0].lineno - 1:node.end_lineno]
+    return out
+
+
 def diff_of(run: Path, name: str) -> str:
-    """The mutant's diff (``mutmut show``), for the report."""
-    res = subprocess.run(["mutmut", "show", name], cwd=run, capture_output=True, text=True)
-    lines = [ln for ln in res.stdout.splitlines() if ln.startswith(("+", "-")) and not ln.startswith(("+++", "---"))]
-    return " / ".join(ln.strip() for ln in lines)[:300]
+    """The mutant's diff, for the report: its function against the original in the run's mutants/
+    (what ``mutmut show`` prints, without a process per mutant; ``mutmut show`` is the fallback)."""
+    module, _, func = name.rpartition(".")
+    path = run / "mutants" / "src" / Path(*module.split(".")).with_suffix(".py")
+    funcs = _functions(path) if path.exists() else {}
+    orig = funcs.get(func.rsplit("__mutmut_", 1)[0] + "__mutmut_orig")
+    if func in funcs and orig is not None:
+        lines = [ln for ln in difflib.ndiff(orig, funcs[func]) if ln.startswith(("+ ", "- "))]
+    else:
+        res = subprocess.run(["mutmut", "show", name], cwd=run, capture_output=True, text=True)
+        lines = [ln for ln in res.stdout.splitlines() if ln.startswith(("+", "-")) and not ln.startswith(("+++", "---"))]
+    return " / ".join(ln[0] + ln[1:].strip() if ln[1:2] == " " else ln.strip() for ln in lines)[:300]
 
 
 def summarise(run: Path, equivalent: dict[str, str], tests: str, patterns: list[str] | None = None) -> dict[str, dict]:
