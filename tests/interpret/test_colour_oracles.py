@@ -12,6 +12,7 @@ from filterprune.interpret import (
     kernel_colour_index,
     response_colour_index,
     subset_statistic,
+    top_response_colour_index,
 )
 from filterprune.interpret.study import hypergeom_tail
 from filterprune.models import create_model
@@ -83,3 +84,46 @@ def test_subset_statistic_refuses_bad_indices():
         subset_statistic([0, 0], sel)
     with pytest.raises(ValueError, match="distinct"):
         subset_statistic([3], sel)
+
+
+def test_top_response_index_against_a_brute_force_oracle():
+    torch.manual_seed(1)
+    net = nn.Sequential(nn.Conv2d(3, 3, 3, padding=1, bias=False), nn.BatchNorm2d(3), nn.ReLU(inplace=True))
+    with torch.no_grad():
+        net[1].running_mean.copy_(torch.tensor([0.2, -0.1, 0.0]))
+        net[1].bias.copy_(torch.tensor([0.1, 0.0, -0.3]))
+    net.eval()
+    mean, std = [0.4, 0.5, 0.6], [0.2, 0.3, 0.25]
+    batches = [(torch.randn(5, 3, 6, 6), torch.zeros(5)), (torch.randn(4, 3, 6, 6), torch.zeros(4))]
+    top = 4
+    index, colour, grey = top_response_colour_index(net, "0", batches, mean, std, top=top)
+    # oracle: loop over images; response = relu(bn(conv)) at the colour image's argmax position
+    xs = torch.cat([x for x, _ in batches])
+    m, s = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
+    luma = ((xs * s + m) * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    xg = (luma.expand_as(xs) - m) / s
+    with torch.no_grad():
+        a_c, a_g = net(xs.clone()), net(xg)
+    for c in range(3):
+        pairs = []
+        for i in range(len(xs)):
+            j = int(a_c[i, c].flatten().argmax())
+            pairs.append((float(a_c[i, c].flatten()[j]), float(a_g[i, c].flatten()[j])))
+        best = sorted(pairs, reverse=True)[:top]
+        rc, rg = sum(p[0] for p in best) / top, sum(p[1] for p in best) / top
+        assert colour[c].item() == pytest.approx(rc, rel=1e-5) and grey[c].item() == pytest.approx(rg, rel=1e-5, abs=1e-7)
+        assert index[c].item() == pytest.approx(min(1.0, max(0.0, 1 - rg / rc)), abs=1e-5)
+    with pytest.raises(ValueError, match="top"):
+        top_response_colour_index(net, "0", batches, mean, std, top=0)
+
+
+def test_top_response_index_separates_colour_from_luminance_filters():
+    conv = nn.Conv2d(3, 2, 1, bias=False)
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.weight[0, :, 0, 0] = torch.tensor([1.0, -1.0, 0.0])  # R - G: silent on grey
+        conv.weight[1, :, 0, 0] = torch.tensor([1.0, 1.0, 1.0])  # luminance: grey keeps its response
+    x = torch.rand(10, 3, 4, 4)
+    index, _, _ = top_response_colour_index(nn.Sequential(conv), "0", [(x, torch.zeros(10))], [0.0] * 3, [1.0] * 3,
+                                            top=3)
+    assert index[0].item() == pytest.approx(1.0) and index[1].item() < 0.2

@@ -12,7 +12,7 @@ import torch
 from filterprune.api import load, save
 from filterprune.config import TrainConfig
 from filterprune.data import BatchLoader, DataSplits, synthetic_dataset
-from filterprune.interpret import kernel_colour_index
+from filterprune.interpret import kernel_colour_index, top_response_colour_index
 from filterprune.models import create_model
 from filterprune.train import fit
 from shared_paths import REPO_ROOT
@@ -72,6 +72,12 @@ def test_layer_table_then_interpretability(tiny, tmp_path, monkeypatch):
     assert [f["index"] for f in rec["second_conv"]["filters"]] == list(range(32))
     assert [f["colour_index"] for f in rec["filters"]] == pytest.approx(kernel_colour_index(w, splits.train.std).tolist())
     assert rec["second_conv"]["activation"] == "features.4"  # the BatchNorm after the second conv
+    batches = list(BatchLoader(splits.train.sample(40, 0), 250, train=False))
+    index, _, _ = top_response_colour_index(load(path), "features.3", batches, splits.train.mean, splits.train.std,
+                                            top=40)
+    second = rec["second_conv"]["filters"]
+    assert [f["colour_index"] for f in second] == pytest.approx(index.tolist(), nan_ok=True)
+    assert all("colour_index_all_positions" in f for f in second)
     greedy = rec["greedy_car"]
     assert greedy["filters"] == car["removal_order"][:4]
     assert greedy["count"] == sum(rec["filters"][i]["colour_selective"] for i in greedy["filters"])

@@ -8,7 +8,8 @@ Source: Abbasi-Asl & Yu, arXiv 1705.07356 / 1711.02329: "of the top-20 CAR-prune
   :func:`filterprune.criteria.car.car_analysis` (reversible masks; per-class accuracy reductions).
   For a group tied by residual adds (a ResNet stem), a "filter" is the channel of the whole group.
 * Colour selectivity: :mod:`.colour` (the kernel rule when the layer reads the image, else the
-  response rule).
+  response rule on each filter's top images; the all-positions variant is recorded next to it as
+  ``colour_index_all_positions``).
 * The statistic, for ``k``: ``car_count`` = colour-selective filters among the k lowest CAR
   (removed first), ``l1_count`` the same for the k lowest L1 norms of the layer's kernels, and for
   ``draws`` random k-subsets (seeded) their mean count and the one-sided p-value of CAR's count,
@@ -29,11 +30,19 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .colour import THRESHOLD, activation_module, kernel_colour_index, response_colour_index
+from .colour import (
+    THRESHOLD,
+    activation_module,
+    kernel_colour_index,
+    response_colour_index,
+    top_response_colour_index,
+)
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LayerStudy", "hypergeom_tail", "k_lowest_statistic", "study_layer", "subset_statistic"]
+__all__ = ["TOP_IMAGES", "LayerStudy", "hypergeom_tail", "k_lowest_statistic", "study_layer", "subset_statistic"]
+
+TOP_IMAGES = 50  # top images per filter for the deeper-layer colour index (Rafegas & Vanrell use 100 of ImageNet)
 
 
 def hypergeom_tail(n: int, m: int, k: int, x: int) -> float:
@@ -159,9 +168,12 @@ def study_layer(model: nn.Module, layer: str, batches: Sequence[tuple[Tensor, Te
         extra: dict[str, Tensor] = {}
     else:
         activation = activation_module(model, layer, x0[:1])
-        rule = f"response: 1 - R_grey / R_colour, R = mean relu(output of {activation}) (Rafegas & Vanrell 2018)"
-        index, r_colour, r_grey = response_colour_index(model, layer, batches, mean, std, at=activation)
-        extra = {"response_colour": r_colour, "response_grey": r_grey}
+        top = min(TOP_IMAGES, sum(int(y.shape[0]) for _, y in batches))
+        rule = (f"response: 1 - R_grey / R_colour, R = mean over each filter's top {top} images of relu(output of "
+                f"{activation}) at its strongest position (Rafegas & Vanrell 2018)")
+        index, r_colour, r_grey = top_response_colour_index(model, layer, batches, mean, std, at=activation, top=top)
+        index_all, _, _ = response_colour_index(model, layer, batches, mean, std, at=activation)
+        extra = {"response_colour": r_colour, "response_grey": r_grey, "colour_index_all_positions": index_all}
     selective = torch.nan_to_num(index, nan=0.0) >= THRESHOLD
     filters = []
     for c in range(car.numel()):
