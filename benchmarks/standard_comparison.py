@@ -1,4 +1,4 @@
-"""The standard comparison (DEVELOPERS.md) on CPU: prune the ResNet-20 base to -50% MACs with each
+"""The standard comparison (benchmarks/README.md) on CPU: prune the ResNet-20 base to -50% MACs with each
 criterion, fine-tune 10 epochs with the one fixed recipe, report base / pruned / fine-tuned accuracy on
 validation and test, MACs, params and measured CPU latency.
 

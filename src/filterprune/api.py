@@ -136,6 +136,14 @@ def _check_inputs(model: nn.Module, example_inputs: Inputs) -> None:
 def _criterion(criterion, criterion_kwargs: dict | None, data):
     """The criterion object for a name (or the object itself), checked against the data given."""
     if isinstance(criterion, str):
+        from .criteria import list_criteria
+
+        if criterion == "csgd":
+            raise ValueError("csgd is a training-time method, not a score: use fp.csgd(model, example_inputs, data, "
+                             "target_macs=..., epochs=...)")
+        if criterion not in list_criteria():
+            raise ValueError(f"unknown criterion {criterion!r}; known: {', '.join(list_criteria())}, and the "
+                             "training-time method csgd (fp.csgd)")
         from .criteria import create_criterion
 
         criterion = create_criterion(criterion, **(criterion_kwargs or {}))
@@ -144,6 +152,27 @@ def _criterion(criterion, criterion_kwargs: dict | None, data):
     if getattr(criterion, "requires_data", False) and data is None:
         raise ValueError(f"criterion {getattr(criterion, 'name', criterion)!r} needs data: pass data=(x, y) batches")
     return criterion
+
+
+def default_normalize(criterion: Any) -> str:
+    """The score normalisation a criterion asks for when none is given: its ``default_normalize``
+    attribute (CAR: ``"none"``, raw accuracy drops share one unit), else ``"mean"``."""
+    return getattr(criterion, "default_normalize", None) or "mean"
+
+
+def greedy_steps(model: nn.Module, example_inputs: Inputs, criterion: Any, steps: int, options: SelectOptions | None,
+                 ignored_layers: Sequence[str | nn.Module] | None = None) -> int:
+    """How many steps to prune in: ``steps``, unless it is 1 and the criterion asks for about ``k``
+    channels per step (CAR's ``k=N``), then enough steps for that (:func:`~.criteria.car_greedy.steps_for_k`)."""
+    k = getattr(criterion, "k", None)
+    if not k or steps != 1 or options is None:
+        return steps
+    if options.target[0] == "target_latency":
+        raise ValueError("CAR's k (filters per step) needs a MACs, params or channel target; with target_latency "
+                         "give steps instead")
+    from .criteria.car_greedy import steps_for_k
+
+    return steps_for_k(model, example_inputs, k, options=options, ignored_layers=ignored_layers)
 
 
 def _score(model, example_inputs, groups, crit, data, seed, num_batches) -> Scores:
@@ -206,7 +235,7 @@ def prune(
     round_to: int | str = 1,
     max_ratio: float = 1.0,
     global_ranking: bool = True,
-    normalize: str = "mean",
+    normalize: str | None = None,
     check: bool = True,
     criterion_kwargs: dict[str, Any] | None = None,
     seed: int = 0,
@@ -226,8 +255,9 @@ def prune(
     Args:
         model: the network; pruned in place (build a new optimizer afterwards).
         example_inputs: a batch the model accepts; tracing, counting and the check run on it.
-        criterion: a registered criterion name (see ``filterprune.criteria.list_criteria``) or an
-            object with ``score(ctx)``.
+        criterion: a registered criterion name (see ``filterprune.criteria.list_criteria`` or
+            ``filterprune info --list``) or an object with ``score(ctx)``. C-SGD is a training-time
+            method: :func:`filterprune.csgd`.
         target_macs: fraction of MACs to remove.
         target_params: fraction of parameters to remove.
         ratio: fraction of prunable channels to remove. Give exactly one of the four targets.
@@ -235,18 +265,25 @@ def prune(
             batch size to remove: a per-layer latency table predicts it, the pruned model is measured
             side by side with the base and the selection refined (:mod:`filterprune.latency_target`).
         data: ``(x, y)`` batches for data-driven criteria.
-        steps: prune in this many steps, re-scoring each time.
+        steps: prune in this many steps, re-scoring each time. With CAR's ``k`` option
+            (``criterion_kwargs={"k": N}``) and ``steps=1``, as many steps as remove about N channels
+            each (:func:`greedy_steps`), as ``filterprune prune --criterion-options k=N`` does.
         schedule: how the target is split across steps: geometric or linear (module docstring).
-        finetune: ``finetune(model, step)``, called after each step (the last one included).
+        finetune: step fine-tuning: ``finetune(model, step)`` is called after each step (1-based, the
+            last one included) with the model pruned to that step's widths; whatever it trains is
+            what the next step scores (the CLI's ``--step-finetune-epochs``). Its return value is
+            ignored.
         ignored_layers: layers (modules or qualified names) whose output channels are kept.
         min_channels: every group keeps at least this many channels.
         round_to: kept channel counts are multiples of this; ``"auto"`` (or 0) measures which multiple
             (1, 4, 8, 16) makes this device's convs fastest per MAC (:mod:`filterprune.metrics.round_to`).
         max_ratio: at most this fraction of a group's channels is removed.
         global_ranking: rank channels across groups; ``False`` prunes each group by the same fraction.
-        normalize: per-group score normalisation for global ranking (mean, max, l2, none).
+        normalize: per-group score normalisation for global ranking (mean, max, l2, none); unset:
+            the criterion's own (:func:`default_normalize`: none for CAR, mean otherwise).
         check: compare masked and pruned outputs at each step; raise above 1e-4 relative.
-        criterion_kwargs: options passed to the criterion's constructor.
+        criterion_kwargs: options passed to the criterion's constructor: the CLI's
+            ``--criterion-options`` keys (``filterprune info --criterion NAME`` lists them).
         seed: passed to the criterion.
         num_batches: how many ``data`` batches a data-driven criterion reads.
         layer_ratios: ``{layer name or fnmatch pattern: R}``: the group that layer produces loses
@@ -272,8 +309,8 @@ def prune(
         A :class:`PruneReport`.
 
     Raises:
-        ValueError: bad arguments (target count or range, unknown criterion, missing data, inputs
-            the model rejects).
+        ValueError: bad arguments (target count or range, unknown criterion or ``"csgd"``, missing
+            data, inputs the model rejects).
         PruningError: the model cannot be pruned safely, the target is unreachable, or the check failed.
     """
     targets = {"target_macs": target_macs, "target_params": target_params, "ratio": ratio,
@@ -286,19 +323,21 @@ def prune(
     for pat, r in layer_ratios.items():
         if not isinstance(r, (int, float)) or not 0 <= r < 1:
             raise ValueError(f"layer_ratios[{pat!r}] must be a fraction in [0, 1), got {r!r}")
-    options = None
-    if any(v is not None for v in targets.values()) or not layer_ratios:
-        options = SelectOptions(**targets, global_ranking=global_ranking, normalize=normalize,
-                                min_channels=min_channels, round_to=round_to, max_ratio=max_ratio,
-                                ignored_layers=tuple(layer_ratios), allocation=allocation)
-        if options.mode == "sensitivity" and data is None:
-            raise ValueError("allocation='sensitivity' needs data: pass data=(x, y) batches to measure the curves on")
-    if not isinstance(steps, int) or steps < 1:
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
     crit = _criterion(criterion, criterion_kwargs, data)
+    options = None
+    if any(v is not None for v in targets.values()) or not layer_ratios:
+        options = SelectOptions(**targets, global_ranking=global_ranking,
+                                normalize=normalize or default_normalize(crit), min_channels=min_channels,
+                                round_to=round_to, max_ratio=max_ratio, ignored_layers=tuple(layer_ratios),
+                                allocation=allocation)
+        if options.mode == "sensitivity" and data is None:
+            raise ValueError("allocation='sensitivity' needs data: pass data=(x, y) batches to measure the curves on")
     _check_inputs(model, example_inputs)
+    steps = greedy_steps(model, example_inputs, crit, steps, options, ignored_layers)
 
     counter = default_counter()
     groups: list[ChannelGroup] = trace_groups(model, example_inputs, ignored_layers=ignored_layers)

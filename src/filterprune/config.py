@@ -307,7 +307,8 @@ class PruneConfig:
     """What to remove and how to choose it.
 
     Attributes:
-        criterion: a registered criterion (``filterprune prune --help`` lists them).
+        criterion: a scoring criterion, or the training-time method csgd (each described by
+            ``filterprune info --criterion NAME``, which lists its option keys)
         target_macs: fraction of MACs to remove (0.5 halves them).
         target_params: fraction of parameters to remove.
         ratio: fraction of channels to remove (when no MACs/params target is given).
@@ -316,7 +317,9 @@ class PruneConfig:
             latency_table.json) predicts it and the pruned model is measured side by side with the base.
         latency_batch: batch size at which --target-latency is measured.
         steps: prune in this many steps, re-scoring (and fine-tuning, if asked) between them.
-        step_finetune_epochs: epochs of fine-tuning between steps (part of the total budget).
+        step_finetune_epochs: epochs of fine-tuning after each pruning step: of --steps K, of CAR's
+            k=N greedy steps, and of --step-ratio's iterations but the last; the final
+            --finetune-epochs follow.
         min_channels: never keep fewer channels in a group.
         round_to: kept channel counts are multiples of this; 0 chooses it from measurements on the
             device (the multiple of 1, 4, 8, 16 that makes its convs fastest per MAC).
@@ -334,7 +337,9 @@ class PruneConfig:
         ignore: layers (qualified names or fnmatch patterns, e.g. stem.0 or head.*) whose output
             channels are kept whole (the API's ignored_layers).
         max_ratio: at most this fraction of any group's channels is removed.
-        normalize: per-group score normalisation before the global ranking: mean, max, l2 or none.
+        normalize: per-group score normalisation before the global ranking: mean, max, l2 or none;
+            unset: the criterion's own (none for CAR's accuracy drops and for --step-ratio's raw
+            scores, else mean).
         schedule: how the target is split over steps: geometric (the kept fraction shrinks by the same
             factor each step) or linear.
         layer_ratio: per-layer ratios NAME=R (NAME a layer or an fnmatch pattern): the group of that
@@ -373,7 +378,7 @@ class PruneConfig:
     step_ratio: float | None = None
     ignore: tuple[str, ...] = ()
     max_ratio: float = 1.0
-    normalize: str = "mean"
+    normalize: str | None = None
     schedule: str = "geometric"
     layer_ratio: tuple[str, ...] = ()
     allocation: str = "global"
@@ -407,7 +412,7 @@ class PruneConfig:
 
     def _check_selection(self) -> None:
         check_fields(self, {"max_ratio": (lambda v: _real(v) and 0 < v <= 1, "must be a fraction in (0, 1]")})
-        if self.normalize not in ("mean", "max", "l2", "none"):  # selection.NORMALIZERS
+        if self.normalize not in (None, "mean", "max", "l2", "none"):  # selection.NORMALIZERS
             raise config_error("normalize", f"must be mean, max, l2 or none, got {self.normalize!r}")
         if self.schedule not in ("geometric", "linear"):  # api.SCHEDULES
             raise config_error("schedule", f"must be geometric or linear, got {self.schedule!r}")

@@ -14,6 +14,7 @@ import argparse
 import dataclasses
 import inspect
 import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -36,6 +37,34 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
 
 
+class CriterionHelp(argparse.Action):
+    """``-h/--help`` that, after ``--criterion NAME`` on the same line, also lists NAME's option keys
+    (``filterprune prune --criterion car --help``), as ``filterprune info --criterion NAME`` does."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):  # noqa: A002
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> NoReturn:
+        from ..workflows.info import describe_criterion
+
+        name = getattr(namespace, "prune.criterion", None)
+        if name is not None:
+            try:
+                check_criterion(name)
+            except ValueError as e:
+                parser.exit(2, f"{parser.prog}: error: {e}\n")
+        parser.print_help()
+        if name is not None:
+            print(f"\n--criterion {name}\n" + describe_criterion(name))
+        parser.exit()
+
+
+def add_help(parser: argparse.ArgumentParser) -> None:
+    """The :class:`CriterionHelp` ``-h/--help`` (for a parser made with ``add_help=False``)."""
+    parser.add_argument("-h", "--help", action=CriterionHelp,
+                        help="show this help and exit; after --criterion NAME, also its option keys")
+
+
 MODEL_HELP = ("a registered model name, or package.module:factory to build your own model (imports and runs that "
               "code: your choice); not needed for a filterprune .safetensors of a registered model")
 
@@ -48,14 +77,16 @@ def _parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
 
 
-def _field_help(cls: type, name: str) -> str:
-    doc = cls.__doc__ or ""
-    lines = doc.splitlines()
+def field_help(cls: type, name: str) -> str:
+    """The text documenting field (or argument) ``name`` in ``cls``'s docstring (``name: text``, continuation
+    lines indented deeper), joined on one line; ``""`` if it is not documented."""
+    lines = (cls.__doc__ or "").splitlines()
     for i, line in enumerate(lines):
         if line.strip().startswith(f"{name}:"):
+            indent = len(line) - len(line.lstrip())
             text = line.split(":", 1)[1].strip()
             for cont in lines[i + 1:]:
-                if not cont.startswith(" " * 12) or ":" in cont.split()[0]:
+                if not cont.strip() or len(cont) - len(cont.lstrip()) <= indent:
                     break
                 text += " " + cont.strip()
             return text
@@ -63,27 +94,32 @@ def _field_help(cls: type, name: str) -> str:
 
 
 def add_config_args(parser: argparse.ArgumentParser, cls: type, *, prefix: str = "", skip: tuple[str, ...] = (),
-                    flag_prefix: str = "") -> None:
+                    flag_prefix: str = "", defaults: Any = None) -> None:
     """Add ``--field-name`` for every scalar field of ``cls`` (nested dataclasses are flattened).
 
     Defaults are suppressed, so only flags the user typed appear in the namespace: they override the
-    config file, which overrides the dataclass defaults.
+    config file, which overrides the dataclass defaults. The ``(default: ...)`` each help shows is read
+    from ``defaults`` (an instance of ``cls``; ``cls()`` when not given), so a nested config built by a
+    ``default_factory`` (the fine-tune recipe: lr 0.01) shows the values a run really uses.
     """
     hints = typing.get_type_hints(cls)
+    defaults = defaults if defaults is not None else cls()
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
         tp = hints[f.name]
+        default = getattr(defaults, f.name)
         if dataclasses.is_dataclass(tp):
             # train and prune flatten (--epochs, --criterion); other nested configs keep their name (--finetune-epochs)
             nested_flag = "" if f.name in ("train", "prune") else f"{f.name.replace('_', '-')}-"
-            add_config_args(parser, tp, prefix=f"{prefix}{f.name}.", skip=skip, flag_prefix=flag_prefix + nested_flag)
+            add_config_args(parser, tp, prefix=f"{prefix}{f.name}.", skip=skip, flag_prefix=flag_prefix + nested_flag,
+                            defaults=default)
             continue
-        default = f.default if f.default is not dataclasses.MISSING else None
         dest = f"{prefix}{f.name}"
         flag = "--" + flag_prefix + f.name.replace("_", "-")
+        extra = HELP_EXTRAS[dest]() if dest in HELP_EXTRAS else ""
         kwargs: dict[str, Any] = {"dest": dest, "default": argparse.SUPPRESS,
-                                  "help": f"{_field_help(cls, f.name)} (default: {default})"}
+                                  "help": f"{field_help(cls, f.name)}{extra} (default: {show_default(default)})"}
         args = typing.get_args(tp)
         base = next((a for a in args if a is not type(None)), tp) if args and typing.get_origin(tp) is not tuple else tp
         if typing.get_origin(tp) is tuple:  # tuple[int, ...] -> --milestones 5 8; tuple[str, ...] -> --ignore a b
@@ -94,6 +130,26 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type, *, prefix: str =
         else:
             kwargs.update(type=base)
         parser.add_argument(flag, **kwargs)
+
+
+def _criterion_names() -> str:
+    return "; one of: " + ", ".join(criterion_options())
+
+
+#: Help text that depends on the registries, appended to a field's docstring help (by dotted key).
+HELP_EXTRAS: dict[str, Callable[[], str]] = {"prune.criterion": _criterion_names}
+
+
+def show_default(value: Any) -> str:
+    """How ``--help`` shows a default: ``unset`` for ``None``, nothing typed for ``""``, a tuple as its
+    items (``--ignore a b``), else ``str(value)``; the inverse is what the flag parses."""
+    if value is None:
+        return "unset"
+    if isinstance(value, tuple):
+        return " ".join(map(str, value)) if value else "none"
+    if value == "":
+        return '""'
+    return str(value)
 
 
 def overrides(args: argparse.Namespace, cls: type) -> dict[str, Any]:
@@ -308,6 +364,8 @@ def check_eval_args(args: argparse.Namespace) -> None:
 
 def check_info_args(args: argparse.Namespace) -> None:
     """``filterprune info``'s flags, before the model is built."""
+    if getattr(args, "criterion", None):
+        check_criterion(args.criterion, key="criterion")
     check_model_name(args.model or "")
     check_weights_file(args.weights or "", "weights")
     if args.input_size is not None and min(args.input_size) < 1:

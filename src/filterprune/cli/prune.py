@@ -21,6 +21,9 @@ Example:
     filterprune prune --weights base.safetensors --data ../shared/data/cifar10 --criterion car \\
         --criterion-options k=64,eval_images=1000 --target-macs 0.5 --finetune-epochs 10 --out runs/car
 
+    The option keys of a criterion (type, default, meaning): filterprune prune --criterion car --help,
+    or filterprune info --criterion car; every criterion and method: filterprune info --list.
+
     A run is a recorded sequence of stages (run_state.json): after Ctrl-C, a kill, a crash or a refused
     C-SGD trim, the folder keeps what was done and --resume continues it (same flags; more
     --finetune-epochs extend it):
@@ -33,14 +36,15 @@ import argparse
 import json
 
 from ..config import PruneRunConfig
-from ._args import add_run_args
+from ._args import add_help, add_run_args
 from ._run import add_output_args, run_config
 
 
 def add_parser(sub) -> None:
     """Register ``filterprune prune`` with flags generated from :class:`PruneRunConfig`."""
     p = sub.add_parser("prune", help="prune a trained model and fine-tune it", description=__doc__,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+                       formatter_class=argparse.RawDescriptionHelpFormatter, add_help=False)
+    add_help(p)  # ``--criterion NAME --help`` also lists NAME's option keys
     add_run_args(p, PruneRunConfig)
     add_output_args(p)
     p.set_defaults(run=run)

@@ -225,6 +225,7 @@ class CAR(Criterion):
 
     requires_data = True
     variant = "car"
+    default_normalize = "none"  # accuracy drops share one unit across layers: rank them raw
 
     def __init__(self, eval_images: int | None = None, k: int | None = None, metric: str = "accuracy",
                  fast: bool = True, max_rows: int = 2048, distributed: bool | str = "auto") -> None:

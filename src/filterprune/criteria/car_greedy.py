@@ -155,11 +155,14 @@ def car_prune_layer(
     return LayerPruneResult(group.id, removed, plan, history, engine.fast)
 
 
-def steps_for_k(model: nn.Module, example_inputs: Inputs, k: int, **select_options: Any) -> int:
-    """Pruning steps that remove about ``k`` channels each for a target (``SelectOptions`` keywords).
+def steps_for_k(model: nn.Module, example_inputs: Inputs, k: int, *, options: Any = None,
+                ignored_layers: Any = None, **select_options: Any) -> int:
+    """Pruning steps that remove about ``k`` channels each for a target: ``options`` (a
+    :class:`~filterprune.selection.SelectOptions`) or its keywords in ``select_options``.
 
     The channel count of the target is estimated with L1 scores (the count depends on which channels
-    go, hence "about").
+    go, hence "about"). ``fp.prune(..., "car", criterion_kwargs={"k": N})`` and ``filterprune prune
+    --criterion car --criterion-options k=N`` both call this with the run's selection options.
 
     >>> from filterprune.models import create_model
     >>> steps_for_k(create_model("resnet20"), torch.randn(2, 3, 32, 32), 64, ratio=0.5)
@@ -167,9 +170,10 @@ def steps_for_k(model: nn.Module, example_inputs: Inputs, k: int, **select_optio
     """
     from ..selection import SelectOptions, select
 
-    if not isinstance(k, int) or k < 1:
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
         raise ValueError(f"k must be a positive integer, got {k!r}")
-    groups = trace_groups(model, example_inputs)
+    options = options if options is not None else SelectOptions(**select_options)
+    groups = trace_groups(model, example_inputs, ignored_layers=ignored_layers)
     scores = create_criterion("l1").score(ScoringContext(model, example_inputs, groups))
-    plan = select(model, example_inputs, groups, scores, SelectOptions(**select_options))
+    plan = select(model, example_inputs, groups, scores, options)
     return max(1, math.ceil(plan.num_removed() / k))

@@ -15,7 +15,17 @@ import functools
 import logging
 from typing import Any
 
-from ..api import PruneReport, StepRecord, _criterion, _cumulative, _layer_plan, _score, conv_widths
+from ..api import (
+    PruneReport,
+    StepRecord,
+    _criterion,
+    _cumulative,
+    _layer_plan,
+    _score,
+    conv_widths,
+    default_normalize,
+    greedy_steps,
+)
 from ..graph.check import apply_plan_checked
 from ..graph.surgery import apply_plan
 from ..graph.trace import trace_groups
@@ -26,34 +36,44 @@ from .methods import Method, MethodResult, PruneJob, register_method
 logger = logging.getLogger(__name__)
 
 
-def scored_steps(job: PruneJob, *, data: Any, normalize: str | None = None, steps: int | None = None,
+def select_options(p, crit) -> SelectOptions | None:
+    """The selection a prune config asks for (``None`` when only ``--layer-ratio`` groups are pruned), built
+    as :func:`filterprune.api.prune` builds it from the same arguments (``--normalize`` unset: the
+    criterion's own)."""
+    layer_ratios = p.layer_ratios()
+    targets = {"target_macs": p.target_macs, "target_params": p.target_params, "ratio": p.ratio,
+               "target_latency": p.target_latency}
+    if all(v is None for v in targets.values()) and layer_ratios:
+        return None
+    return SelectOptions(**targets, global_ranking=p.global_ranking, normalize=p.normalize or default_normalize(crit),
+                         min_channels=p.min_channels, round_to=max(1, p.round_to), max_ratio=p.max_ratio,
+                         ignored_layers=tuple(layer_ratios), allocation=p.allocation)
+
+
+def scored_steps(job: PruneJob, *, data: Any, steps: int | None = None,
                  extra: dict[str, Any] | None = None) -> PruneReport:
     """Prune ``job.model`` in ``steps`` score/select/apply steps (module docstring); return the report.
 
-    ``--ignore``, ``--max-ratio``, ``--normalize`` (unless the method fixes it), ``--schedule``,
-    ``--allocation`` and ``--layer-ratio`` apply as in :func:`filterprune.api.prune`; a step with layer
-    ratios first runs a ``stepK.layers`` stage (score, remove the named layers' share, snapshot);
-    ``--allocation sensitivity`` runs a ``stepK.sensitivity`` stage before ``stepK.select``
-    (:mod:`filterprune.workflows._sensitivity`) and adds its cost and threshold to ``extra["sensitivity"]``.
+    ``--ignore``, ``--max-ratio``, ``--normalize``, ``--schedule``, ``--allocation`` and ``--layer-ratio``
+    apply as in :func:`filterprune.api.prune`; a step with layer ratios first runs a ``stepK.layers``
+    stage (score, remove the named layers' share, snapshot); ``--allocation sensitivity`` runs a
+    ``stepK.sensitivity`` stage before ``stepK.select`` (:mod:`filterprune.workflows._sensitivity`) and
+    adds its cost and threshold to ``extra["sensitivity"]``. With more than one step (``--steps``, CAR's
+    ``k=``), ``--step-finetune-epochs`` fine-tunes after each (``stepK.finetune``).
     """
     p = job.cfg.prune
     steps = steps or p.steps
     crit = _criterion(p.criterion, p.criterion_kwargs() or None, data)
     layer_ratios = p.layer_ratios()
     ignored = list(p.ignore) or None
-    options = None
-    targets = {"target_macs": p.target_macs, "target_params": p.target_params, "ratio": p.ratio,
-               "target_latency": p.target_latency}
-    if any(v is not None for v in targets.values()) or not layer_ratios:
-        options = SelectOptions(**targets, global_ranking=p.global_ranking, normalize=normalize or p.normalize,
-                                min_channels=p.min_channels, round_to=max(1, p.round_to), max_ratio=p.max_ratio,
-                                ignored_layers=tuple(layer_ratios), allocation=p.allocation)
+    options = select_options(p, crit)
     latency = None
     if p.target_latency is not None or p.round_to == 0:
         latency, options = _latency_target(job, options, ignored)
     name, value = options.target if options is not None else ("layer_ratios", 0.0)
     counter = default_counter()
-    finetune = job.step_finetune() if p.steps > 1 else None
+    # after every step, whatever set their number (--steps, or CAR's k=), as fp.prune's finetune callback
+    finetune = job.step_finetune() if steps > 1 else None
     records: list[StepRecord] = []
     for step in range(1, steps + 1):
         tag = f"step{step}"
@@ -160,21 +180,20 @@ def car_eval_loader(splits, cfg, device):
 
 
 def run_car(job: PruneJob) -> MethodResult:
-    """CAR (Abbasi-Asl & Yu, arXiv 1705.07356): raw accuracy drops share one unit, so no normalisation;
-    ``k=N`` makes it greedy, about N filters per step (:func:`~filterprune.criteria.car_greedy.steps_for_k`)."""
+    """CAR (Abbasi-Asl & Yu, arXiv 1705.07356) on a fixed evaluation subset: raw accuracy drops share one
+    unit, so no normalisation (unless ``--normalize``); ``k=N`` makes it greedy, about N filters per step
+    (:func:`~filterprune.api.greedy_steps`, as ``fp.prune`` does), with ``--step-finetune-epochs`` after
+    each step."""
     p = job.cfg.prune
-    steps = p.steps
-    k = p.criterion_kwargs().get("k")
-    if k and p.steps == 1:
-        from ..criteria.car_greedy import steps_for_k
-
-        steps = job.runner.stage("car.steps", lambda: steps_for_k(
-            job.model, job.x, k, target_macs=p.target_macs, target_params=p.target_params, ratio=p.ratio,
-            min_channels=p.min_channels, round_to=p.round_to, global_ranking=p.global_ranking))
-        logger.info("CAR: k=%d filters per step -> %d steps", k, steps)
     data = car_eval_loader(job.splits, job.cfg, job.cfg.finetune.device)
+    crit = _criterion(p.criterion, p.criterion_kwargs() or None, data)
+    steps = p.steps
+    if getattr(crit, "k", None) and p.steps == 1:
+        steps = job.runner.stage("car.steps", lambda: greedy_steps(job.model, job.x, crit, p.steps,
+                                                                   select_options(p, crit), list(p.ignore) or None))
+        logger.info("CAR: k=%d filters per step -> %d steps", crit.k, steps)
     extra: dict[str, Any] = {}
-    return MethodResult(scored_steps(job, data=data, normalize="none", steps=steps, extra=extra), extra)
+    return MethodResult(scored_steps(job, data=data, steps=steps, extra=extra), extra)
 
 
 def run_iterative(job: PruneJob) -> MethodResult:

@@ -12,15 +12,143 @@ from ..train import evaluate
 from ..utils.seed import pick_device
 from .common import input_size_of, resolve_model
 
+#: One line per built-in model, criterion and method: what it is and where it comes from. A name
+#: registered by the user (``@fp.register_model``, ``@fp.register_criterion``) is described by the first
+#: sentence of its docstring instead; a test keeps every built-in name in this table.
+DESCRIPTIONS: dict[str, dict[str, str]] = {
+    "model": {
+        "convnet_small": "a small ConvNet for 8 x 8 digits images, the demo's and tests' model (filterprune's own)",
+        **{f"resnet{d}": f"CIFAR ResNet-{d}, 3 stages of {(d - 2) // 6} basic blocks, widths 16/32/64, option-A "
+                         "shortcuts (He et al. 2016, arXiv 1512.03385, sec. 4.2)" for d in (20, 32, 44, 56, 110)},
+        "resnet18": "ImageNet ResNet-18, 224 x 224 inputs, torchvision's module names (He et al. 2016, arXiv 1512.03385)",
+        "resnet50": "ImageNet ResNet-50 v1.5, 224 x 224 inputs, torchvision's module names (He et al. 2016, "
+                    "arXiv 1512.03385)",
+        "vgg16_bn": "VGG-16 with BatchNorm, 13 convs, for CIFAR-sized inputs (Simonyan & Zisserman 2015, arXiv 1409.1556)",
+    },
+    "criterion": {
+        "bn": "|gamma| of the channel's BatchNorm scale (network slimming: Liu et al. 2017, arXiv 1708.06519)",
+        "car": "accuracy lost when the filter alone is removed; greedy with k=N, per layer with scope=layer "
+               "(Abbasi-Asl & Yu 2017, arXiv 1705.07356)",
+        "car-classwise": "the largest per-class accuracy lost when the filter alone is removed (Abbasi-Asl & Yu, "
+                         "arXiv 1711.02329)",
+        "l1": "sum of |w| over the filter's weights (Li et al. 2017, arXiv 1608.08710)",
+        "l2": "l2 norm of the filter's weights (the l2 variant of Li et al. 2017, arXiv 1608.08710)",
+        "pls-vip": "VIP of the filter's pooled output in a PLS model of the class (Jordao et al. 2018, arXiv 1810.07610)",
+        "random": "seeded uniform random scores: the baseline every criterion has to beat",
+        "taylor": "first-order Taylor estimate of the loss change when the channel goes (Molchanov et al. 2019, "
+                  "arXiv 1906.10771)",
+    },
+    "method": {
+        "csgd": "C-SGD, a training-time method: cluster filters, train each cluster to one filter, trim losslessly "
+                "(Ding et al. 2019, arXiv 1904.03837); fp.csgd",
+        "iterative": "--step-ratio P with any criterion: remove P of the remaining filters, fine-tune, repeat until "
+                     "the target (Jordao et al.'s schedule, arXiv 1810.07610)",
+        "scores": "the default for every criterion: score, select, remove; --steps K re-scores K times "
+                  "(filterprune's engine)",
+    },
+}
+
+
+def _first_sentence(obj: Any) -> str:
+    import inspect
+
+    doc = " ".join((inspect.getdoc(obj) or "").split("\n\n")[0].split())
+    return doc.split(". ")[0].rstrip(".") or "(undocumented)"
+
+
+def describe(kind: str, name: str) -> str:
+    """The one line ``info --list`` prints for the model, criterion or method ``name`` (``kind``)."""
+    known = DESCRIPTIONS[kind].get(name)
+    if known is not None:
+        return known
+    if kind == "model":
+        from ..models._registry import MODELS
+
+        return _first_sentence(MODELS.get(name))
+    if kind == "criterion":
+        from ..criteria import CRITERIA
+
+        return _first_sentence(CRITERIA.get(name))
+    from .methods import METHODS
+
+    return METHODS.create(name).description or "(undocumented)"
+
 
 def registered() -> str:
-    """The registered model, criterion and training-time method names, three lines (``filterprune info
-    --list``); every name on the last two is a value of ``--criterion``."""
+    """Every registered model, criterion and method, one line each with what it is and its source
+    (``filterprune info --list``); every criterion and the ``csgd`` method are values of ``--criterion``."""
     from ..criteria import list_criteria
-    from .methods import method_names
+    from .methods import METHODS
 
-    return ("models:    " + " ".join(list_models()) + "\ncriteria:  " + " ".join(list_criteria())
-            + "\nmethods:   " + " ".join(method_names()))
+    sections = [("models (filterprune info --model NAME: widths, MACs, params)", "model", list_models()),
+                ("criteria (--criterion NAME; its options: filterprune info --criterion NAME)", "criterion",
+                 list_criteria()),
+                ("methods (csgd: --criterion csgd; iterative: --step-ratio; scores: every other criterion)",
+                 "method", [n for n in METHODS.names() if n not in list_criteria()])]
+    width = max(len(n) for _, _, names in sections for n in names)
+    lines: list[str] = []
+    for title, kind, names in sections:
+        lines.append(title + ":")
+        lines += [f"  {n:<{width}}  {describe(kind, n)}" for n in names]
+    return "\n".join(lines)
+
+
+def criterion_option_rows(name: str) -> list[dict[str, str]]:
+    """The option keys ``--criterion-options`` takes for criterion or method ``name``: key, type, default
+    and meaning, read from the criterion's constructor (or the method's options dataclass) and its docstring.
+
+    Raises:
+        ValueError: ``name`` is neither a criterion nor a method that takes options (the known ones listed).
+    """
+    import dataclasses
+    import inspect
+
+    from ..cli._args import field_help, training_methods
+    from ..criteria import CRITERIA, list_criteria
+
+    def meaning(cls: type, key: str) -> str:
+        return next((t for t in (field_help(c, key) for c in cls.__mro__) if t), "")
+
+    if name in training_methods():
+        cls = training_methods()[name]
+        params = [(f.name, f.type, f.default) for f in dataclasses.fields(cls)]
+    elif name in list_criteria():
+        cls = CRITERIA.get(name)
+        params = [(p.name, p.annotation, p.default) for p in inspect.signature(cls).parameters.values()]
+    else:
+        known = [*list_criteria(), *training_methods()]
+        raise ValueError(f"{name!r} is not a criterion or method; known: {', '.join(sorted(known))}")
+    return [{"key": key, "type": tp if isinstance(tp, str) else getattr(tp, "__name__", str(tp)),
+             "default": repr(default), "meaning": _plain(meaning(cls, key))} for key, tp, default in params]
+
+
+def _plain(text: str) -> str:
+    """Docstring markup made readable on a terminal: ``:func:`~a.b``` -> ``b``, double backticks dropped."""
+    import re
+
+    text = re.sub(r":\w+:`~?([^`]+)`", lambda m: m.group(1).rsplit(".", 1)[-1] if "~" in m.group(0) else m.group(1),
+                  text)
+    return text.replace("``", "")
+
+
+def describe_criterion(name: str) -> str:
+    """``filterprune info --criterion NAME``: what it is, its source, and one line per option key
+    (``key: type = default  meaning``), with how to pass them."""
+    kind = "method" if name in DESCRIPTIONS["method"] or name not in _criteria() else "criterion"
+    rows = criterion_option_rows(name)
+    lines = [f"{name}: {describe(kind, name)}",
+             f"options (--criterion-options key=value,key=value; in Python fp.{'csgd' if kind == 'method' else 'prune'}"
+             f"({'options=...' if kind == 'method' else 'criterion_kwargs={...}'})):" if rows else "options: none"]
+    width = max((len(f"{r['key']}: {r['type']} = {r['default']}") for r in rows), default=0)
+    for r in rows:
+        lines.append(f"  {r['key'] + ': ' + r['type'] + ' = ' + r['default']:<{width}}  {r['meaning']}")
+    return "\n".join(lines)
+
+
+def _criteria() -> list[str]:
+    from ..criteria import list_criteria
+
+    return list_criteria()
 
 
 def describe_model(model: str | None, weights: str | None, input_size: tuple[int, int, int] | None = None) -> str:

@@ -1,0 +1,149 @@
+"""``fp.prune`` and ``filterprune prune`` agree: same options, same kept channels, same steps.
+
+Oracles: the CLI's pruned checkpoint and the API's pruned model hold bit-identical tensors (so the same
+channels were kept, in the same order); the step fine-tune callback is called once per step, on the
+model at that step's counted MACs; and what it trains is what the next step scores.
+"""
+
+import json
+
+import pytest
+import torch
+
+import filterprune as fp
+from filterprune.api import conv_widths
+from filterprune.cli.main import main
+from filterprune.config import PruneConfig, PruneRunConfig
+from filterprune.criteria.car_greedy import steps_for_k
+from filterprune.data import load_data
+from filterprune.metrics import count
+from filterprune.selection import SelectOptions
+from filterprune.workflows._scored import car_eval_loader
+from filterprune.workflows.prune_run import example_batch
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("w") / "small.safetensors"
+    torch.manual_seed(0)
+    return str(fp.save(fp.create_model("convnet_small", num_classes=10, in_chans=1, image_size=8), path))
+
+
+@pytest.fixture(scope="module")
+def splits():
+    return load_data("digits")
+
+
+def cli_prune(weights: str, out, *flags: str) -> dict:
+    argv = ["-q", "prune", "--weights", weights, "--data", "digits", "--finetune-device", "cpu",
+            "--finetune-epochs", "0", "--out", str(out), *flags]
+    assert main(argv) == 0
+    return json.loads((out / "summary.json").read_text())
+
+
+def same_tensors(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+CASES = {
+    # CAR greedy, about k filters per step: fp.prune read k only since this session (it pruned in one step)
+    "car-k": (["--criterion", "car", "--criterion-options", "k=6,eval_images=60", "--target-macs", "0.4"],
+              dict(criterion="car", target_macs=0.4, criterion_kwargs={"k": 6, "eval_images": 60})),
+    # several steps, linear schedule, a per-layer ratio, a max ratio
+    "l1-steps": (["--criterion", "l1", "--ratio", "0.3", "--steps", "2", "--schedule", "linear",
+                  "--layer-ratio", "features.0=0.25", "--max-ratio", "0.6"],
+                 dict(criterion="l1", ratio=0.3, steps=2, schedule="linear", layer_ratios={"features.0": 0.25},
+                      max_ratio=0.6)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_api_and_cli_keep_the_same_channels(weights, splits, tmp_path, case):
+    flags, kwargs = CASES[case]
+    summary = cli_prune(weights, tmp_path / "cli", *flags)
+    model = fp.load(weights)
+    x = example_batch(splits.train)
+    data = None
+    if kwargs["criterion"] == "car":  # the CLI's CAR evaluation set: fixed, seeded, un-augmented
+        cfg = PruneRunConfig(prune=PruneConfig(criterion="car", criterion_options="k=6,eval_images=60"))
+        data = car_eval_loader(splits, cfg, "cpu")
+    report = fp.prune(model, x, data=data, **kwargs)
+    assert same_tensors(model, fp.load(tmp_path / "cli" / "model.safetensors"))
+    assert [s["macs"] for s in summary["report"]["steps"]] == [s.macs for s in report.steps]
+    assert len(report.steps) > 1
+
+
+def test_car_k_sets_the_number_of_steps_in_the_api(splits):
+    model = fp.create_model("convnet_small", num_classes=10, in_chans=1, image_size=8)
+    x = example_batch(splits.train)
+    expected = steps_for_k(model, x, 5, options=SelectOptions(target_macs=0.4, normalize="none"))
+    data = [(torch.randn(30, 1, 8, 8), torch.arange(30) % 10)]
+    calls = []
+
+    def finetune(net, step):
+        calls.append((step, count(net, x)[0]))
+
+    report = fp.prune(model, x, "car", target_macs=0.4, data=data, criterion_kwargs={"k": 5}, finetune=finetune)
+    assert expected > 1 and len(report.steps) == expected
+    # called once per step, with the model at exactly the MACs that step recorded
+    assert calls == [(s.step, s.macs) for s in report.steps]
+
+
+def test_step_finetune_trains_what_the_next_step_scores():
+    """The callback's changes are seen by the next step: a filter it zeroes after step 1 is removed in
+    step 2 (l1, the same fraction of every group)."""
+    torch.manual_seed(0)
+    model = fp.create_model("convnet_small", num_classes=10, in_chans=1, image_size=8)
+    x = torch.randn(2, 1, 8, 8)
+    marker = {}
+
+    def finetune(net, step):
+        conv = net.features[3]
+        if step == 1:  # the filter of largest norm, zeroed: l1 must now rank it last in its group
+            j = int(conv.weight.abs().sum((1, 2, 3)).argmax())
+            with torch.no_grad():
+                conv.weight[j] = 0
+                net.features[4].bias[j] = 1234.5
+        marker[step] = conv.out_channels
+
+    fp.prune(model, x, "l1", ratio=0.4, steps=2, global_ranking=False, finetune=finetune)
+    assert marker[2] < marker[1]
+    assert 1234.5 not in model.features[4].bias.tolist()  # the zeroed filter (marked by its BN bias) is gone
+
+
+def test_car_k_step_finetune_runs_after_every_step(weights, tmp_path):
+    """``--step-finetune-epochs`` on CAR's ``k=`` path: one fine-tune stage per greedy step, and each
+    changes the weights (before the fix the k path ran no fine-tune: it tested ``--steps``, which k left at 1)."""
+    out = tmp_path / "car"
+    summary = cli_prune(weights, out, "--criterion", "car", "--criterion-options", "k=6,eval_images=60",
+                        "--target-macs", "0.4", "--step-finetune-epochs", "1", "--finetune-batch-size", "256")
+    stages = json.loads((out / "run_state.json").read_text())["stages"]
+    names = [s["name"] for s in stages]
+    steps = len(summary["report"]["steps"])
+    assert steps > 1
+    assert [n for n in names if n.endswith(".finetune")] == [f"step{i}.finetune" for i in range(1, steps + 1)]
+    for i in range(1, steps + 1):  # the fine-tune changed the model the next step scores
+        applied = fp.load(out / "stages" / next(s["model"] for s in stages if s["name"] == f"step{i}.apply"))
+        tuned = fp.load(out / "stages" / next(s["model"] for s in stages if s["name"] == f"step{i}.finetune"))
+        assert not same_tensors(applied, tuned)
+        assert conv_widths(applied) == conv_widths(tuned)
+
+
+def test_csgd_through_prune_says_to_use_csgd():
+    model = fp.create_model("convnet_small", num_classes=10, in_chans=1, image_size=8)
+    with pytest.raises(ValueError, match=r"fp\.csgd\(") as e:
+        fp.prune(model, torch.randn(2, 1, 8, 8), "csgd", target_macs=0.5)
+    assert "\n" not in str(e.value)
+
+
+def test_unknown_criterion_lists_csgd_too():
+    model = fp.create_model("convnet_small", num_classes=10, in_chans=1, image_size=8)
+    with pytest.raises(ValueError, match="unknown criterion 'nope'") as e:
+        fp.prune(model, torch.randn(2, 1, 8, 8), "nope", target_macs=0.5)
+    for name in [*fp.list_criteria(), "csgd"]:
+        assert name in str(e.value)
+
+
+def test_export_onnx_is_public():
+    assert "export_onnx" in fp.__all__ and callable(fp.export_onnx)
