@@ -5,6 +5,7 @@ channels were kept, in the same order); the step fine-tune callback is called on
 model at that step's counted MACs; and what it trains is what the next step scores.
 """
 
+import dataclasses
 import json
 
 import pytest
@@ -147,3 +148,117 @@ def test_unknown_criterion_lists_csgd_too():
 
 def test_export_onnx_is_public():
     assert "export_onnx" in fp.__all__ and callable(fp.export_onnx)
+
+
+@pytest.mark.slow
+def test_fp_csgd_and_the_cli_end_with_the_same_model(weights, splits, tmp_path):
+    """``fp.csgd`` and ``filterprune prune --criterion csgd`` run the same function: same widths, same
+    clusters, same training, same trimmed weights."""
+    from filterprune.config import PruneRunConfig
+    from filterprune.workflows.train_run import loaders
+
+    opts = {"centripetal": 49.9995, "vector_ratio": 1.0}
+    summary = cli_prune(weights, tmp_path / "cli", "--criterion", "csgd", "--criterion-options",
+                        "centripetal=49.9995,vector_ratio=1.0", "--target-macs", "0.5", "--finetune-epochs", "2",
+                        "--finetune-momentum", "0", "--finetune-batch-size", "32")
+    recipe = dataclasses.replace(PruneRunConfig().finetune, momentum=0.0, batch_size=32, device="cpu")
+    train, val, _ = loaders(splits, recipe.batch_size, recipe.eval_batch_size, "cpu", recipe.seed)
+    model = fp.load(weights)
+    result = fp.csgd(model, example_batch(splits.train), train, target_macs=0.5, epochs=2, train=recipe,
+                     val_data=val, options=opts)
+    cli_model = fp.load(tmp_path / "cli" / "model.safetensors")
+    assert conv_widths(model) == conv_widths(cli_model) != result.report.widths_before
+    assert result.clusters == json.loads((tmp_path / "cli" / "centripetal" / "clusters.json").read_text())
+    assert [r["val_acc"] for r in result.history] == [
+        json.loads(line)["val_acc"] for line in (tmp_path / "cli" / "centripetal" / "metrics.jsonl").read_text().splitlines()]
+    assert same_tensors(model, cli_model)
+    assert summary["report"]["macs_after"] == result.report.macs_after
+
+
+def test_fp_csgd_recipe_defaults_are_the_cli_fine_tune_recipe(monkeypatch):
+    """``fp.csgd``'s recipe is the CLI's fine-tune recipe with ``epochs``/``lr`` overriding it, and dict
+    options are the ``--criterion-options`` keys (fast: the training itself is the slow test above)."""
+    from filterprune.config import PruneRunConfig
+    from filterprune.methods import csgd_run
+
+    seen = {}
+    monkeypatch.setattr(csgd_run, "csgd_prune", lambda *a, **k: seen.update(cfg=a[4], val=a[3], **k))
+    model = fp.create_model("convnet_small", num_classes=10, in_chans=1, image_size=8)
+    fp.csgd(model, torch.randn(2, 1, 8, 8), [], target_macs=0.3, epochs=3, options={"centripetal": 0.5})
+    assert seen["cfg"] == dataclasses.replace(PruneRunConfig().finetune, epochs=3)
+    assert seen["options"] == fp.CSGDOptions(centripetal=0.5) and seen["target_macs"] == 0.3
+    fp.csgd(model, torch.randn(2, 1, 8, 8), [], ratio=0.3, lr=0.2, train=fp.TrainConfig(epochs=4))
+    assert (seen["cfg"].epochs, seen["cfg"].lr, seen["options"]) == (4, 0.2, fp.CSGDOptions())
+    with pytest.raises(ValueError, match="unknown C-SGD option"):
+        fp.csgd(model, torch.randn(2, 1, 8, 8), [], ratio=0.3, options={"centripetl": 0.5})
+
+
+def car_data(splits, options: str):
+    cfg = PruneRunConfig(prune=PruneConfig(criterion="car", criterion_options=options))
+    return car_eval_loader(splits, cfg, "cpu")
+
+
+def test_car_scope_layer_equals_the_masked_greedy_reference(weights, splits):
+    """``scope=layer`` through ``fp.prune`` (surgery after every greedy step, a callback between them)
+    keeps exactly the filters one masked greedy run of ``car_prune_layer`` with the same k keeps."""
+    from filterprune.criteria.car_greedy import car_prune_layer
+
+    data = car_data(splits, "eval_images=60")
+    x = example_batch(splits.train)
+    reference = fp.load(weights)
+    car_prune_layer(reference, x, data, "features.3", 16, k=3, eval_images=60)
+    model = fp.load(weights)
+    widths = []
+    report = fp.prune(model, x, "car", layer_ratios={"features.3": 0.5}, data=data,
+                      criterion_kwargs={"scope": "layer", "k": 3, "eval_images": 60},
+                      finetune=lambda net, step: widths.append((step, net.features[3].out_channels)))
+    assert same_tensors(model, reference)
+    assert widths == [(1, 29), (2, 26), (3, 23), (4, 20), (5, 17), (6, 16)]  # 16 filters, 3 per step
+    assert [s.removed_channels for s in report.steps] == [3, 3, 3, 3, 3, 1]
+    assert report.widths_after["features.3"] == 16 and report.widths_after["features.7"] == 32
+
+
+def test_car_scope_layer_from_the_cli_with_step_finetune(weights, splits, tmp_path):
+    """``--criterion-options scope=layer,k=N --layer-ratio NAME=R``: one recorded greedy step per N filters,
+    a fine-tune after each; the first step (before any fine-tune) removes what the API's first step does."""
+    from filterprune.criteria.car_greedy import car_prune_layers
+
+    out = tmp_path / "car"
+    summary = cli_prune(weights, out, "--criterion", "car", "--criterion-options", "scope=layer,k=6,eval_images=60",
+                        "--layer-ratio", "features.0=0.5", "--step-finetune-epochs", "1",
+                        "--finetune-batch-size", "256")
+    stages = json.loads((out / "run_state.json").read_text())["stages"]
+    names = [s["name"] for s in stages]
+    assert names[1:-2] == ["step1.car_layer", "step1.finetune", "step2.car_layer", "step2.finetune"]
+    assert summary["report"]["widths_after"]["features.0"] == 8
+    api = car_prune_layers(fp.load(weights), example_batch(splits.train), car_data(splits, "eval_images=60"),
+                           {"features.0": 0.5}, k=6, eval_images=60)
+    assert [r["removed"] for r in api][0] == stages[1]["result"]["removed"]
+    assert [r["removed_channels"] for r in api] == [6, 2]
+
+
+@pytest.mark.parametrize("kwargs,needle", [
+    (dict(target_macs=0.3, layer_ratios={"features.0": 0.5}), "drop target_macs"),
+    (dict(), "needs the layers"),
+    (dict(layer_ratios={"features.0": 0.5}, steps=2), "leave steps at 1"),
+    (dict(layer_ratios={"nothing*": 0.5}), "no prunable group"),
+])
+def test_car_scope_layer_refusals_are_one_line(kwargs, needle):
+    model = fp.create_model("convnet_small", num_classes=10, in_chans=1, image_size=8)
+    data = [(torch.randn(20, 1, 8, 8), torch.arange(20) % 10)]
+    with pytest.raises(ValueError, match=needle) as e:
+        fp.prune(model, torch.randn(2, 1, 8, 8), "car", data=data, criterion_kwargs={"scope": "layer"}, **kwargs)
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("flags,needle", [
+    (["--criterion-options", "scope=layer", "--target-macs", "0.3", "--layer-ratio", "features.0=0.5"], "drop target_macs"),
+    (["--criterion-options", "scope=layer"], "needs the layers"),
+    (["--criterion-options", "scope=area", "--layer-ratio", "features.0=0.5"], "scope must be one of"),
+])
+def test_car_scope_layer_cli_refusals_before_any_work(weights, tmp_path, flags, needle, capsys):
+    argv = ["-q", "prune", "--weights", weights, "--data", "digits", "--criterion", "car", "--out",
+            str(tmp_path / "x"), *flags]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and "\n" not in err and not (tmp_path / "x").exists()

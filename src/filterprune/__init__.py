@@ -35,15 +35,14 @@ __all__ = [
     "TrainConfig", "TrainHook", "count", "create_criterion", "create_model", "evaluate", "fit",
     "list_criteria", "list_models", "load", "load_data", "measure_latency", "prune", "read_checkpoint",
     "register_criterion", "register_layer_op", "register_model", "save", "save_checkpoint", "score",
+    "export_onnx",
 ]
-
-__all__ += ["export_onnx"]
 
 # C-SGD (training-time method): cluster, centripetal training as a TrainHook, trim / squeeze
 from .methods import CentripetalSGD  # noqa: E402
-from .methods.csgd_run import CSGDOptions, csgd_prune, squeeze  # noqa: E402
+from .methods.csgd_run import CSGDOptions, CSGDResult, csgd, csgd_prune, squeeze  # noqa: E402
 
-__all__ += ["CSGDOptions", "CentripetalSGD", "csgd_prune", "squeeze"]
+__all__ += ["CSGDOptions", "CSGDResult", "CentripetalSGD", "csgd", "csgd_prune", "squeeze"]
 
 # BatchNorm re-calibration after pruning (train/bn_recalibrate.py); the progress-bar switch (utils/progress.py)
 from .train.bn_recalibrate import recalibrate_bn  # noqa: E402

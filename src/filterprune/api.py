@@ -283,7 +283,9 @@ def prune(
             the criterion's own (:func:`default_normalize`: none for CAR, mean otherwise).
         check: compare masked and pruned outputs at each step; raise above 1e-4 relative.
         criterion_kwargs: options passed to the criterion's constructor: the CLI's
-            ``--criterion-options`` keys (``filterprune info --criterion NAME`` lists them).
+            ``--criterion-options`` keys (``filterprune info --criterion NAME`` lists them). CAR's
+            ``{"scope": "layer", "k": N}`` prunes greedily inside each layer of ``layer_ratios``, N
+            filters per step (:func:`car_layer_prune`); ``finetune`` runs after each of those steps.
         seed: passed to the criterion.
         num_batches: how many ``data`` batches a data-driven criterion reads.
         layer_ratios: ``{layer name or fnmatch pattern: R}``: the group that layer produces loses
@@ -328,6 +330,11 @@ def prune(
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
     crit = _criterion(criterion, criterion_kwargs, data)
+    if getattr(crit, "scope", None) == "layer":
+        _check_inputs(model, example_inputs)
+        return car_layer_prune(model, example_inputs, crit, data, layer_ratios, targets=targets, steps=steps,
+                               after_step=None if finetune is None else functools.partial(finetune, model),
+                               ignored_layers=ignored_layers, min_channels=min_channels, num_batches=num_batches)
     options = None
     if any(v is not None for v in targets.values()) or not layer_ratios:
         options = SelectOptions(**targets, global_ranking=global_ranking,
@@ -421,6 +428,39 @@ def _curves(model, groups, scores, data, num_batches, options, points, metric, c
     batches = list(itertools.islice(data, num_batches) if num_batches else data)
     return broadcast_object(measure_curves(model, groups, scores, loss_and_accuracy(batches), points=points,
                                            metric=metric, cache=cache, ignored_layers=options.ignored_layers))
+
+
+def car_layer_prune(model: nn.Module, example_inputs: Inputs, crit: Any, data: Iterable | None,
+                    layer_ratios: dict[str, float], *, targets: dict[str, float | None] | None = None, steps: int = 1,
+                    after_step: Callable[[int], Any] | None = None, stage: Callable[..., Any] | None = None,
+                    ignored_layers: Sequence[str | nn.Module] | None = None, min_channels: int = 1,
+                    num_batches: int | None = None, base: tuple[int, int, dict[str, int]] | None = None
+                    ) -> PruneReport:
+    """CAR's ``scope=layer`` (the paper's setting) as :func:`prune` and ``filterprune prune`` run it: greedy
+    inside each layer of ``layer_ratios``, ``crit.k`` filters per step (default 1), ``after_step(step)``
+    after each (:func:`~filterprune.criteria.car_greedy.car_prune_layers`). ``base``: MACs, params and
+    conv widths of the unpruned model (default: counted now).
+
+    Raises:
+        ValueError: a network-wide target, no ``layer_ratios``, ``steps`` other than 1, or no data.
+    """
+    from .criteria.car_greedy import car_prune_layers, check_layer_scope
+
+    check_layer_scope(targets or {}, layer_ratios, steps)
+    if base is None:
+        macs, params = default_counter()(model, example_inputs)
+        base = (int(macs), int(params), conv_widths(model))
+    options = {"eval_images": crit.eval_images, "metric": crit.metric, "fast": crit.fast, "max_rows": crit.max_rows}
+    if num_batches is not None:
+        options["num_batches"] = num_batches
+    records = car_prune_layers(model, example_inputs, data, layer_ratios, k=crit.k or 1, min_channels=min_channels,
+                               after_step=after_step, stage=stage, ignored_layers=ignored_layers, **options)
+    steps_done = tuple(StepRecord(r["step"], 0.0, r["removed_channels"], r["macs"], r["params"], r["max_error"])
+                       for r in records)
+    macs_after, params_after = (steps_done[-1].macs, steps_done[-1].params) if steps_done else base[:2]
+    return PruneReport(criterion=getattr(crit, "name", None) or "car", target_name="layer_ratios", target=0.0,
+                       macs_before=base[0], macs_after=macs_after, params_before=base[1], params_after=params_after,
+                       widths_before=base[2], widths_after=conv_widths(model), steps=steps_done, max_error=None)
 
 
 def _layer_plan(groups: Sequence[ChannelGroup], scores: Scores, layer_ratios: dict[str, float], base,

@@ -324,6 +324,16 @@ def validate_config(cfg: Any) -> Any:
 def check_prune(p: PruneConfig) -> None:
     """The pruning request as a whole: a known criterion with valid options, and a target."""
     check_criterion(p.criterion, p.criterion_options)
+    if p.criterion == "car" and parse_options(p.criterion_options).get("scope") == "layer":
+        from ..criteria.car_greedy import check_layer_scope
+
+        try:
+            check_layer_scope({"target_macs": p.target_macs, "target_params": p.target_params, "ratio": p.ratio},
+                              p.layer_ratios(), p.steps)
+        except ValueError as e:
+            raise config_error("prune.criterion_options", str(e)) from None
+        if p.step_ratio is not None:
+            raise config_error("prune.step_ratio", "does not apply to CAR scope=layer (k filters per step)")
     if p.step_ratio is not None:  # PLS+VIP's schedule: stops at --target-macs or after --steps
         if p.ratio is not None or p.target_params is not None:
             raise config_error("prune.step_ratio", "stops at --target-macs or after --steps; --ratio and "

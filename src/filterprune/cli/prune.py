@@ -20,6 +20,10 @@ Example:
     augmented), remove about k=64 per step, re-score, until -50% MACs (car-classwise: per-class drops):
     filterprune prune --weights base.safetensors --data ../shared/data/cifar10 --criterion car \\
         --criterion-options k=64,eval_images=1000 --target-macs 0.5 --finetune-epochs 10 --out runs/car
+    (add --step-finetune-epochs 1 to fine-tune after every greedy step). The paper's setting, greedy
+    inside one layer, one filter per step, half of layer1.0.conv1's filters:
+    filterprune prune --weights base.safetensors --data ../shared/data/cifar10 --criterion car \
+        --criterion-options scope=layer,k=1,eval_images=1000 --layer-ratio layer1.0.conv1=0.5 --out runs/car_layer
 
     The option keys of a criterion (type, default, meaning): filterprune prune --criterion car --help,
     or filterprune info --criterion car; every criterion and method: filterprune info --list.

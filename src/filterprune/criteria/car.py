@@ -62,10 +62,11 @@ from .base import Criterion, ScoringContext, ScoringError, register_criterion
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CAR", "METRICS", "CarResult", "ClasswiseCAR", "car_analysis", "car_records", "collect_eval_set",
+__all__ = ["CAR", "METRICS", "SCOPES", "CarResult", "ClasswiseCAR", "car_analysis", "car_records", "collect_eval_set",
            "export_car_records", "stats_to_result"]
 
 METRICS = ("accuracy", "r2", "neg_mse")
+SCOPES = ("network", "layer")
 
 
 def collect_eval_set(ctx: ScoringContext, eval_images: int | None = None) -> list[tuple[Tensor, Tensor]]:
@@ -217,6 +218,10 @@ class CAR(Criterion):
         eval_images: evaluation-set size (training images); ``None``: ``ctx.num_batches`` batches.
         k: filters removed per greedy step; read by the prune workflow to set the number of steps
             (:func:`~.car_greedy.steps_for_k`); the scores do not depend on it.
+        scope: ``"network"``: every step ranks all filters of the network (k per step with ``k``);
+            ``"layer"``: the paper's setting, greedy inside each layer named by ``layer_ratios``
+            (``--layer-ratio NAME=R``), k filters per step (default 1), the rest re-scored each step
+            (:func:`~.car_greedy.car_prune_layers`).
         metric: ``"accuracy"`` (CAR), ``"r2"`` or ``"neg_mse"`` (RAR, for regression models).
         fast: suffix replay instead of one full evaluation per filter (same scores).
         max_rows: samples per batched suffix forward.
@@ -228,15 +233,18 @@ class CAR(Criterion):
     default_normalize = "none"  # accuracy drops share one unit across layers: rank them raw
 
     def __init__(self, eval_images: int | None = None, k: int | None = None, metric: str = "accuracy",
-                 fast: bool = True, max_rows: int = 2048, distributed: bool | str = "auto") -> None:
+                 fast: bool = True, max_rows: int = 2048, distributed: bool | str = "auto",
+                 scope: str = "network") -> None:
         if metric not in METRICS:
             raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+        if scope not in SCOPES:
+            raise ValueError(f"scope must be one of {', '.join(SCOPES)}, got {scope!r}")
         if k is not None and (not isinstance(k, int) or k < 1):
             raise ValueError(f"k must be a positive integer, got {k!r}")
         if eval_images is not None and (not isinstance(eval_images, int) or eval_images < 1):
             raise ValueError(f"eval_images must be a positive integer, got {eval_images!r}")
         self.eval_images, self.k, self.metric, self.fast = eval_images, k, metric, fast
-        self.max_rows, self.distributed = max_rows, distributed
+        self.max_rows, self.distributed, self.scope = max_rows, distributed, scope
         self.last_result: CarResult | None = None
 
     def analyze(self, ctx: ScoringContext) -> CarResult:

@@ -8,6 +8,12 @@ paper as a third-party summary describes it [V-3p]; k > 1 trades exactness for t
   filters are hidden with reversible masks and the evaluation set's activations entering the layer's
   consumers are computed once and reused by every step (masks of this group change nothing upstream);
   at the end the plan is applied by surgery (checked against the masked model).
+* :func:`car_prune_layers`: the per-layer greedy reachable from ``prune``: ``fp.prune(model, x, "car",
+  layer_ratios={"features.0": 0.5}, criterion_kwargs={"scope": "layer", "k": 1}, data=...)`` or
+  ``filterprune prune --criterion car --criterion-options scope=layer,k=1 --layer-ratio features.0=0.5``.
+  Each greedy step is one :func:`car_prune_layer` call that removes k filters by surgery, so a
+  fine-tune (``finetune=`` / ``--step-finetune-epochs``) can run between steps; without one the
+  result equals a single :func:`car_prune_layer` call with the same k (a test checks this).
 * :func:`steps_for_k`: network-wide greedy goes through the engine, ``prune(model, x, "car",
   target_macs=..., steps=steps_for_k(model, x, k, target_macs=...))``, which re-traces and re-scores
   every step (the CLI does this for ``--criterion-options k=8``).
@@ -36,7 +42,7 @@ from .car import METRICS, collect_eval_set, stats_to_result
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LayerPruneResult", "car_prune_layer", "find_group", "steps_for_k"]
+__all__ = ["LayerPruneResult", "car_prune_layer", "car_prune_layers", "check_layer_scope", "find_group", "steps_for_k"]
 
 
 @dataclass
@@ -153,6 +159,102 @@ def car_prune_layer(
     if apply:
         apply_plan_checked(model, groups, plan, example_inputs)
     return LayerPruneResult(group.id, removed, plan, history, engine.fast)
+
+
+def check_layer_scope(targets: dict[str, Any], layer_ratios: dict[str, float], steps: int) -> None:
+    """Refuse a request CAR's ``scope=layer`` cannot serve: it prunes exactly the layers of
+    ``layer_ratios`` (``--layer-ratio NAME=R``), in as many steps as ``k`` makes.
+
+    Raises:
+        ValueError: a network-wide target is given, no layer ratio is, or ``steps`` is not 1.
+    """
+    given = [k for k, v in targets.items() if v is not None]
+    if given:
+        raise ValueError(f"CAR scope=layer prunes only the --layer-ratio layers (layer_ratios); drop {given[0]}")
+    if not layer_ratios:
+        raise ValueError("CAR scope=layer needs the layers and fractions: --layer-ratio NAME=R (layer_ratios={NAME: R})")
+    if steps != 1:
+        raise ValueError("CAR scope=layer makes one step per k filters; leave steps at 1")
+
+
+def car_prune_layers(
+    model: nn.Module,
+    example_inputs: Inputs,
+    data: Iterable[tuple[Tensor, Tensor]],
+    layer_ratios: dict[str, float],
+    *,
+    k: int = 1,
+    min_channels: int = 1,
+    after_step: Callable[[int], Any] | None = None,
+    stage: Callable[..., Any] | None = None,
+    ignored_layers: Any = None,
+    **car_options: Any,
+) -> list[dict[str, Any]]:
+    """Per-layer greedy CAR (the paper's setting) for every group produced by a layer matching a key of
+    ``layer_ratios``: remove ``round(R x C)`` of its C filters (keeping ``min_channels``), k per step,
+    re-scoring the remaining filters of that layer after each removal.
+
+    Args:
+        model: the network; pruned in place.
+        example_inputs: a batch the model accepts.
+        data: ``(x, y)`` batches; every step takes its evaluation set from them (pass a fixed,
+            un-augmented loader so that every step scores the same images).
+        layer_ratios: ``{layer name or fnmatch pattern: R}``, R in [0, 1).
+        k: filters removed per greedy step (1: the paper).
+        min_channels: every group keeps at least this many channels.
+        after_step: ``after_step(step)`` after each greedy step (1-based, over all layers): step fine-tuning.
+        stage: ``stage(name, fn, snapshot=True)`` wraps each step (``stepN.car_layer``): a run's
+            recorded, resumable stage; default: run it.
+        ignored_layers: passed to the tracer.
+        car_options: :func:`car_prune_layer` keywords (``eval_images``, ``num_batches``, ``metric``,
+            ``fast``, ``max_rows``).
+
+    Returns:
+        One dict per greedy step: ``step``, ``group``, ``removed`` (indices in the layer as it was
+        before that step), ``removed_channels``, ``macs``, ``params``, ``max_error`` (``None``: the
+        surgery check of :func:`car_prune_layer` raises above its tolerance).
+
+    Raises:
+        ValueError: a pattern matches no prunable group, a ratio out of [0, 1), or bad ``k``.
+    """
+    import fnmatch
+
+    from ..metrics import count
+
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+    groups = trace_groups(model, example_inputs, ignored_layers=ignored_layers)
+    todo: list[tuple[str, int]] = []
+    for pattern, ratio in layer_ratios.items():
+        if not 0 <= ratio < 1:
+            raise ValueError(f"layer_ratios[{pattern!r}] must be a fraction in [0, 1), got {ratio!r}")
+        matched = [g for g in groups if g.prunable and any(m.kind == "out" and fnmatch.fnmatch(m.module, pattern)
+                                                           for m in g.members)]
+        if not matched:
+            raise ValueError(f"layer_ratios: no prunable group is produced by a layer matching {pattern!r}; "
+                             f"prunable groups: {', '.join(g.id for g in groups if g.prunable)}")
+        todo += [(g.id, max(0, min(round(ratio * g.size), g.size - min_channels))) for g in matched
+                 if g.id not in {t[0] for t in todo}]
+    run = stage or (lambda name, fn, snapshot=False: fn())
+    records: list[dict[str, Any]] = []
+    for gid, n_remove in todo:
+        done = 0
+        while done < n_remove:
+            take = min(k, n_remove - done)
+            step = len(records) + 1
+
+            def one(gid=gid, take=take, step=step) -> dict[str, Any]:
+                res = car_prune_layer(model, example_inputs, data, gid, take, k=take, **car_options)
+                macs, params = count(model, example_inputs)
+                logger.info("CAR layer %s, step %d: removed %s", gid, step, res.removed)
+                return {"step": step, "group": gid, "removed": res.removed, "removed_channels": take,
+                        "macs": int(macs), "params": int(params), "max_error": None}
+
+            records.append(run(f"step{step}.car_layer", one, snapshot=True))
+            done += take
+            if after_step is not None:
+                after_step(step)
+    return records
 
 
 def steps_for_k(model: nn.Module, example_inputs: Inputs, k: int, *, options: Any = None,

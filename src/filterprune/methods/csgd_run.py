@@ -1,5 +1,6 @@
 """C-SGD end to end: cluster, train centripetally with the project's one loop, trim.
 
+* :func:`csgd` (``fp.csgd``): the one-call Python entry, a recipe with defaults, over :func:`csgd_prune`.
 * :func:`csgd_prune`: a trained model to a MACs/params/channel-ratio target (``filterprune prune
   --criterion csgd``). The per-group widths come from the engine's selection (rank with a criterion,
   keep the counts); the training budget is spent as centripetal training; no fine-tuning follows.
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from torch import nn
 from ..api import PruneReport, StepRecord, conv_widths
 from ..config import TrainConfig
 from ..errors import PruningError
+from ..graph.groups import PrunePlan
 from ..graph.trace import Inputs, map_tensors, trace_groups
 from ..metrics import count
 from ..selection import SelectOptions
@@ -33,6 +35,7 @@ from ..train.loop import fit
 from ..types import PathLike
 from ._clusters import CLUSTERINGS, Clusters, cluster_groups, load_clusters, save_clusters, target_widths
 from ._permute import align_shortcuts
+from ._slots import Deviation
 from ._trim import KEEP, TrimResult, _outputs, trim
 from .csgd import CentripetalSGD, predicted_decay
 
@@ -174,6 +177,15 @@ def _on_model_device(model: nn.Module, inputs: Inputs) -> Inputs:
     return map_tensors(inputs, lambda t: t.to(device))
 
 
+def _direct(name: str, fn, *, snapshot: bool = False):
+    """Run a stage's work directly (``stage`` for callers without a run folder)."""
+    return fn()
+
+
+def _has_checkpoints(run_dir: PathLike | None) -> bool:
+    return run_dir is not None and any((Path(run_dir) / "checkpoints").glob("epoch_*.safetensors"))
+
+
 def csgd_prune(
     model: nn.Module,
     example_inputs: Inputs,
@@ -191,8 +203,13 @@ def csgd_prune(
     seed: int = 0,
     options: CSGDOptions | None = None,
     run_dir: PathLike | None = None,
+    stage: Callable[..., Any] | None = None,
+    baseline: tuple[int, int, dict[str, int]] | None = None,
 ) -> CSGDResult:
     """Prune ``model`` in place with C-SGD: cluster to the target widths, train ``cfg``, trim.
+
+    The one C-SGD pruning path: :func:`filterprune.csgd` and ``filterprune prune --criterion csgd``
+    (which passes its run's ``stage`` so that every step is recorded and resumable) both call it.
 
     Args:
         model: a trained network.
@@ -209,40 +226,146 @@ def csgd_prune(
         round_to: kept counts are multiples of this.
         seed: k-means and criterion seed.
         options: C-SGD options.
-        run_dir: ``metrics.jsonl``, checkpoints and ``clusters.json`` go here.
+        run_dir: ``metrics.jsonl``, checkpoints and ``clusters.json`` go here; a training stopped
+            there is continued from its newest checkpoint when ``stage`` is given.
+        stage: ``stage(name, fn, snapshot=...)`` runs (or, on resume, recalls) each unit of work:
+            ``csgd.widths``, ``csgd.clusters``, ``csgd.centripetal``, ``csgd.trim`` (a
+            :class:`~filterprune.workflows.runner.Runner`'s ``stage``); default: run them.
+        baseline: ``(macs, params, conv widths)`` of the unpruned model for the report (a resumed run
+            starts from a snapshot); default: counted on ``model`` now.
 
     Raises:
         ValueError: bad targets or options.
         PruningError: the target is unreachable, the clusters did not collapse, or the model holds a
             layer C-SGD cannot fold.
     """
+    run = stage or _direct
     opts = options or CSGDOptions()
     select_opts = SelectOptions(target_macs=target_macs, target_params=target_params, ratio=ratio,
                                 global_ranking=global_ranking, min_channels=min_channels, round_to=round_to,
                                 allocation=allocation)
-    groups = trace_groups(model, example_inputs)
-    macs_before, params_before = count(model, example_inputs)
-    widths_before = conv_widths(model)
-    widths = target_widths(model, example_inputs, groups, select_opts, criterion=opts.width_criterion,
-                           data=train_loader, seed=seed)
-    clusters = cluster_groups(model, groups, widths, method=opts.clustering, seed=seed,
-                              include_bn=opts.include_bn, n_init=opts.n_init)
-    clusters = broadcast_object(clusters)  # under torchrun: rank 0's clusters everywhere
-    if run_dir is not None and is_main():
+    if baseline is None:
+        macs_before, params_before = count(model, example_inputs)
+        baseline = (int(macs_before), int(params_before), conv_widths(model))
+    widths = run("csgd.widths", lambda: target_widths(model, example_inputs, trace_groups(model, example_inputs),
+                                                      select_opts, criterion=opts.width_criterion,
+                                                      data=train_loader, seed=seed))
+    clusters = run("csgd.clusters", lambda: broadcast_object(cluster_groups(  # under torchrun: rank 0's
+        model, trace_groups(model, example_inputs, probe=False), widths, method=opts.clustering, seed=seed,
+        include_bn=opts.include_bn, n_init=opts.n_init)))
+    if run_dir is not None and is_main() and not (stage is not None and (Path(run_dir) / "clusters.json").exists()):
         Path(run_dir).mkdir(parents=True, exist_ok=True)
         save_clusters(clusters, Path(run_dir) / "clusters.json")
-    history, result = _train_and_trim(model, groups, clusters, train_loader, val_loader, cfg, opts, run_dir,
-                                      False, _first_batch(val_loader))
+
+    def centripetal() -> list[dict[str, Any]]:
+        groups = trace_groups(model, example_inputs, probe=False)
+        steps = len(train_loader) if hasattr(train_loader, "__len__") else 0
+        hook = centripetal_hook(model, groups, clusters, cfg, opts, steps)
+        return fit(model, train_loader, val_loader, cfg, run_dir=run_dir, hooks=[hook],
+                   resume=stage is not None and _has_checkpoints(run_dir))
+
+    history = run("csgd.centripetal", centripetal, snapshot=True)
+
+    def trim_stage() -> dict[str, Any]:
+        result = trim_checked(model, trace_groups(model, example_inputs, probe=False), clusters, opts,
+                              _first_batch(val_loader))
+        return {"plan": result.plan.prune_idxs, "deviation": dataclasses.asdict(result.deviation),
+                "logit_diff": result.logit_diff}
+
+    t = run("csgd.trim", trim_stage, snapshot=True)
+    trimmed = TrimResult(PrunePlan({k: list(v) for k, v in t["plan"].items()}), Deviation(**t["deviation"]),
+                         t["logit_diff"])
     macs, params = count(model, _on_model_device(model, example_inputs))
     name, target = select_opts.target
     report = PruneReport(
-        criterion="csgd", target_name=name, target=target, macs_before=int(macs_before), macs_after=int(macs),
-        params_before=int(params_before), params_after=int(params), widths_before=widths_before,
+        criterion="csgd", target_name=name, target=target, macs_before=baseline[0], macs_after=int(macs),
+        params_before=baseline[1], params_after=int(params), widths_before=baseline[2],
         widths_after=conv_widths(model),
-        steps=(StepRecord(1, target, result.plan.num_removed(), int(macs), int(params), result.logit_diff),),
-        max_error=result.logit_diff,
+        steps=(StepRecord(1, target, trimmed.plan.num_removed(), int(macs), int(params), trimmed.logit_diff),),
+        max_error=trimmed.logit_diff,
     )
-    return CSGDResult(report, result, clusters, history)
+    return CSGDResult(report, trimmed, clusters, history)
+
+
+def csgd(
+    model: nn.Module,
+    example_inputs: Inputs,
+    data: Any,
+    *,
+    target_macs: float | None = None,
+    target_params: float | None = None,
+    ratio: float | None = None,
+    epochs: int | None = None,
+    lr: float | None = None,
+    train: TrainConfig | None = None,
+    val_data: Iterable | None = None,
+    options: CSGDOptions | Mapping[str, Any] | None = None,
+    global_ranking: bool = True,
+    allocation: str = "global",
+    min_channels: int = 1,
+    round_to: int = 1,
+    seed: int = 0,
+    run_dir: PathLike | None = None,
+) -> CSGDResult:
+    """C-SGD (Ding et al., CVPR 2019, arXiv 1904.03837) in one call: the Python twin of ``filterprune
+    prune --criterion csgd``, which runs the same :func:`csgd_prune`.
+
+    The per-group widths for the target come from ranking with ``options.width_criterion`` (l1); the
+    filters of each group are clustered (k-means, one cluster per kept filter), the model is trained
+    ``epochs`` epochs with centripetal SGD (each cluster's filters pulled to their mean), then one filter
+    per cluster is kept and the next layer's input slices are summed: losslessly once the clusters
+    have collapsed. No fine-tuning follows (the epochs are the training).
+
+    Args:
+        model: a trained network; pruned in place (build a new optimizer afterwards).
+        example_inputs: a batch the model accepts (tracing, counting).
+        data: ``(x, y)`` training batches, iterated once per epoch (a ``BatchLoader`` reshuffles).
+        target_macs: fraction of MACs to remove.
+        target_params: fraction of parameters to remove.
+        ratio: fraction of channels to remove. Give exactly one target.
+        epochs: centripetal training epochs; overrides ``train.epochs``.
+        lr: peak learning rate; overrides ``train.lr``.
+        train: the rest of the recipe; default: the CLI's fine-tune recipe (``PruneRunConfig().finetune``:
+            10 epochs, lr 0.01, cosine, Nesterov, weight decay 5e-4).
+        val_data: evaluated after every epoch; its first batch measures the output change at the trim
+            (``None``: no validation, the trim is still checked against the masked model).
+        options: :class:`CSGDOptions` or the CLI's ``--criterion-options`` as a dict
+            (``{"centripetal": 0.05, "vector_ratio": 1.0}``; ``filterprune info --criterion csgd``).
+        global_ranking: widths from a global ranking; ``False``: the same fraction in every group.
+        allocation: how the widths are allocated: global, uniform or cost (``--allocation``).
+        min_channels: every group keeps at least this many channels.
+        round_to: kept counts are multiples of this.
+        seed: k-means and width-criterion seed.
+        run_dir: ``metrics.jsonl``, per-epoch checkpoints and ``clusters.json`` go here.
+
+    Returns:
+        A :class:`CSGDResult`: ``.report`` (a :class:`~filterprune.api.PruneReport`), ``.trim``,
+        ``.clusters``, ``.history``.
+
+    Raises:
+        ValueError: bad targets, options or recipe.
+        PruningError: the target is unreachable, or the clusters did not collapse (raise ``centripetal``
+            or train longer; ``options={"force": True}`` trims anyway).
+
+    >>> import torch, filterprune as fp
+    >>> net = fp.create_model("convnet_small", num_classes=10, in_chans=1, image_size=8)
+    >>> data = [(torch.randn(16, 1, 8, 8), torch.arange(16) % 10)] * 80  # BN statistics settle too
+    >>> # lr x (centripetal + weight decay) = 1: one SGD step makes each cluster's filters equal
+    >>> result = fp.csgd(net, torch.randn(2, 1, 8, 8), data, ratio=0.5, epochs=1, lr=0.02,
+    ...                  options={"centripetal": 49.9995, "vector_ratio": 1.0},
+    ...                  train=fp.TrainConfig(momentum=0.0, schedule="constant", device="cpu"))
+    >>> result.report.widths_after["features.3"]
+    16
+    """
+    from ..config import PruneRunConfig
+
+    cfg = train if train is not None else PruneRunConfig().finetune
+    cfg = dataclasses.replace(cfg, **{k: v for k, v in (("epochs", epochs), ("lr", lr)) if v is not None})
+    opts = options if isinstance(options, CSGDOptions) else CSGDOptions.from_kwargs(options)
+    return csgd_prune(model, example_inputs, data, val_data, cfg, target_macs=target_macs,
+                      target_params=target_params, ratio=ratio, global_ranking=global_ranking,
+                      allocation=allocation, min_channels=min_channels, round_to=round_to, seed=seed, options=opts,
+                      run_dir=run_dir)
 
 
 def squeeze(

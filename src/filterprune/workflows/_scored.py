@@ -22,6 +22,7 @@ from ..api import (
     _cumulative,
     _layer_plan,
     _score,
+    car_layer_prune,
     conv_widths,
     default_normalize,
     greedy_steps,
@@ -183,10 +184,19 @@ def run_car(job: PruneJob) -> MethodResult:
     """CAR (Abbasi-Asl & Yu, arXiv 1705.07356) on a fixed evaluation subset: raw accuracy drops share one
     unit, so no normalisation (unless ``--normalize``); ``k=N`` makes it greedy, about N filters per step
     (:func:`~filterprune.api.greedy_steps`, as ``fp.prune`` does), with ``--step-finetune-epochs`` after
-    each step."""
+    each step. ``scope=layer``: greedy inside each ``--layer-ratio`` layer, k (default 1) filters per
+    step, stages ``stepN.car_layer`` [-> ``stepN.finetune``] (:func:`~filterprune.api.car_layer_prune`)."""
     p = job.cfg.prune
     data = car_eval_loader(job.splits, job.cfg, job.cfg.finetune.device)
     crit = _criterion(p.criterion, p.criterion_kwargs() or None, data)
+    if getattr(crit, "scope", None) == "layer":  # the paper's setting: greedy inside each --layer-ratio layer
+        finetune = job.step_finetune()
+        return MethodResult(car_layer_prune(
+            job.model, job.x, crit, data, p.layer_ratios(),
+            targets={"target_macs": p.target_macs, "target_params": p.target_params, "ratio": p.ratio},
+            steps=p.steps, after_step=None if finetune is None else lambda st: finetune(f"step{st}.finetune"),
+            stage=job.runner.stage, ignored_layers=list(p.ignore) or None, min_channels=p.min_channels,
+            num_batches=p.num_batches, base=(job.baseline.macs, job.baseline.params, job.widths_before)))
     steps = p.steps
     if getattr(crit, "k", None) and p.steps == 1:
         steps = job.runner.stage("car.steps", lambda: greedy_steps(job.model, job.x, crit, p.steps,
