@@ -37,6 +37,22 @@ def flag_for(key: str) -> str:
     return "--" + (prefix + leaf).replace("_", "-")
 
 
+def field_help(cls: type, name: str) -> str:
+    """The text documenting field (or argument) ``name`` in ``cls``'s docstring (``name: text``, continuation
+    lines indented deeper), joined on one line; ``""`` if it is not documented."""
+    lines = (cls.__doc__ or "").splitlines()
+    for i, line in enumerate(lines):
+        if line.strip().startswith(f"{name}:"):
+            indent = len(line) - len(line.lstrip())
+            text = line.split(":", 1)[1].strip()
+            for cont in lines[i + 1:]:
+                if not cont.strip() or len(cont) - len(cont.lstrip()) <= indent:
+                    break
+                text += " " + cont.strip()
+            return text
+    return ""
+
+
 def config_error(key: str, problem: str) -> ConfigError:
     """A :class:`ConfigError` whose message names the flag and, for nested keys, the config key."""
     where = f"{flag_for(key)} ({key})" if "." in key else flag_for(key)

@@ -24,6 +24,7 @@ from ..config import (
     RunConfig,
     check_device_available,
     config_error,
+    field_help,
     flag_for,
     parse_options,
 )
@@ -75,22 +76,6 @@ def _parse_bool(text: str) -> bool:
     if text.lower() in ("0", "false", "no", "off"):
         return False
     raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
-
-
-def field_help(cls: type, name: str) -> str:
-    """The text documenting field (or argument) ``name`` in ``cls``'s docstring (``name: text``, continuation
-    lines indented deeper), joined on one line; ``""`` if it is not documented."""
-    lines = (cls.__doc__ or "").splitlines()
-    for i, line in enumerate(lines):
-        if line.strip().startswith(f"{name}:"):
-            indent = len(line) - len(line.lstrip())
-            text = line.split(":", 1)[1].strip()
-            for cont in lines[i + 1:]:
-                if not cont.strip() or len(cont) - len(cont.lstrip()) <= indent:
-                    break
-                text += " " + cont.strip()
-            return text
-    return ""
 
 
 def add_config_args(parser: argparse.ArgumentParser, cls: type, *, prefix: str = "", skip: tuple[str, ...] = (),
@@ -186,9 +171,9 @@ def resolve_config(args: argparse.Namespace, cls: type[Any]) -> Any:
 
 def training_methods() -> dict[str, type]:
     """Criteria that are training-time methods, with the options dataclass each takes (``csgd``)."""
-    from ..methods.csgd_run import CSGDOptions
+    from ..workflows.info import training_method_options
 
-    return {"csgd": CSGDOptions}
+    return training_method_options()
 
 
 def criterion_options() -> dict[str, list[str]]:

@@ -93,6 +93,13 @@ def registered() -> str:
     return "\n".join(lines)
 
 
+def training_method_options() -> dict[str, type]:
+    """Values of ``--criterion`` that are training-time methods, with the options dataclass of each (``csgd``)."""
+    from ..methods.csgd_run import CSGDOptions
+
+    return {"csgd": CSGDOptions}
+
+
 def criterion_option_rows(name: str) -> list[dict[str, str]]:
     """The option keys ``--criterion-options`` takes for criterion or method ``name``: key, type, default
     and meaning, read from the criterion's constructor (or the method's options dataclass) and its docstring.
@@ -103,20 +110,22 @@ def criterion_option_rows(name: str) -> list[dict[str, str]]:
     import dataclasses
     import inspect
 
-    from ..cli._args import field_help, training_methods
+    from ..config import field_help
     from ..criteria import CRITERIA, list_criteria
+
+    training_methods = training_method_options()
 
     def meaning(cls: type, key: str) -> str:
         return next((t for t in (field_help(c, key) for c in cls.__mro__) if t), "")
 
-    if name in training_methods():
-        cls = training_methods()[name]
+    if name in training_methods:
+        cls = training_methods[name]
         params = [(f.name, f.type, f.default) for f in dataclasses.fields(cls)]
     elif name in list_criteria():
         cls = CRITERIA.get(name)
         params = [(p.name, p.annotation, p.default) for p in inspect.signature(cls).parameters.values()]
     else:
-        known = [*list_criteria(), *training_methods()]
+        known = [*list_criteria(), *training_methods]
         raise ValueError(f"{name!r} is not a criterion or method; known: {', '.join(sorted(known))}")
     return [{"key": key, "type": tp if isinstance(tp, str) else getattr(tp, "__name__", str(tp)),
              "default": repr(default), "meaning": _plain(meaning(cls, key))} for key, tp, default in params]
