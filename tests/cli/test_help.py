@@ -122,14 +122,24 @@ def test_configs_refer_only_to_files_in_the_repository():
             assert (REPO / ref).exists(), f"{path.name} refers to {ref}, which is not in the repository"
 
 
-def test_info_list_has_one_line_per_model_criterion_and_method(capsys):
+def test_info_list_has_one_line_per_model_criterion_and_method(capsys, monkeypatch):
+    from filterprune.criteria import CRITERIA
+    from filterprune.models._registry import MODELS
+
+    def my_net(num_classes: int = 10):
+        """A user's net, registered here. Second sentence not shown."""
+
+    monkeypatch.setitem(MODELS._factories, "zz_user_net", my_net)  # a user registration, undone after the test
     assert main(["info", "--list"]) == 0
     lines = capsys.readouterr().out.splitlines()
     entries = {line.split()[0]: line for line in lines if line.startswith("  ")}
     methods = [n for n in METHODS.names() if n not in list_criteria()]
     assert "csgd" in methods
     assert sorted(entries) == sorted({*list_models(), *list_criteria(), *methods})
-    for name in entries:  # built-ins come from the table (what it is + its source), never a fallback
+    assert entries["zz_user_net"].split(None, 1)[1] == "A user's net, registered here"  # its docstring
+    builtin = {n for n in list_models() if MODELS.get(n).__module__.startswith("filterprune.")}
+    builtin |= {n for n in list_criteria() if CRITERIA.get(n).__module__.startswith("filterprune.")} | set(methods)
+    for name in builtin:  # built-ins come from the table (what it is + its source), never a fallback
         assert any(name in DESCRIPTIONS[k] for k in ("model", "criterion", "method")), name
         assert len(entries[name].split(None, 1)[1]) > 20
 
