@@ -94,18 +94,18 @@ class PruneReport:
         return out
 
     def table(self) -> str:
-        """A plain-text before/after table: totals, then one row per conv."""
+        """A plain-text before/after table: totals, then one row per conv with the fraction of its filters removed."""
         name_w = max([len("layer"), *map(len, self.widths_before)])
         lines = [
             f"criterion {self.criterion}, {self.target_name}={self.target:g}, {len(self.steps)} step(s)",
             f"MACs   {self.macs_before:>14,d} -> {self.macs_after:>14,d}  (-{100 * self.macs_reduction:.1f}%)",
             f"params {self.params_before:>14,d} -> {self.params_after:>14,d}  (-{100 * self.params_reduction:.1f}%)",
             *_latency_lines(self.latency),
-            f"{'layer':<{name_w}}  {'before':>6}  {'after':>6}  {'kept':>6}",
+            f"{'layer':<{name_w}}  {'before':>6}  {'after':>6}  {'removed':>7}",
         ]
         for name, before in self.widths_before.items():
             after = self.widths_after.get(name, before)
-            lines.append(f"{name:<{name_w}}  {before:>6d}  {after:>6d}  {100 * after / max(1, before):>5.1f}%")
+            lines.append(f"{name:<{name_w}}  {before:>6d}  {after:>6d}  {100 * (1 - after / max(1, before)):>6.1f}%")
         return "\n".join(lines)
 
 

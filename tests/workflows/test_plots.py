@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from filterprune.cli.main import main
-from filterprune.workflows.plots import DPI, FIGSIZE, pareto_front, run_points, written_by_filterprune
+from filterprune.workflows.plots import DPI, PANEL, pareto_front, run_points, written_by_filterprune
 from filterprune.workflows.records import read_run
 
 
@@ -43,11 +43,13 @@ def test_plot_of_two_digits_runs_writes_a_png_of_the_expected_size(runs, tmp_pat
     assert main(["plot", str(runs / "l1"), str(runs / "random"), "--out", str(out)]) == 0
     assert str(out) in capsys.readouterr().out
     pixels = imread(out)
-    assert pixels.shape[:2] == (int(FIGSIZE[1] * DPI), int(FIGSIZE[0] * DPI))
+    # three panels (accuracy, widths, scores; no sensitivity.json): two rows of two panels
+    assert pixels.shape[:2] == (round(2 * PANEL[1] * DPI), round(2 * PANEL[0] * DPI))
     assert pixels[..., :3].std() > 0.05  # something is drawn
     assert written_by_filterprune(out)
     # filterprune's own plot may be replaced by filterprune
-    assert main(["plot", str(runs / "l1"), "--out", str(out), "--metric", "val_acc"]) == 0
+    assert main(["plot", str(runs / "base"), "--out", str(out), "--metric", "val_acc"]) == 0
+    assert imread(out).shape[:2] == (round(PANEL[1] * DPI), round(PANEL[0] * DPI))  # a train run: accuracy only
 
 
 def test_points_come_from_the_summaries(runs):
@@ -71,6 +73,18 @@ def test_results_file_rows_are_points(tmp_path):
 
     records, got = read_inputs([path])
     assert records == [] and run_points([], got)[0].acc == 80.0 and len(run_points([], got)) == 1
+
+
+def test_a_summary_file_is_a_run_and_its_row_is_not_counted_twice(runs, tmp_path):
+    s = json.loads((runs / "l1" / "summary.json").read_text())
+    (tmp_path / "l1_summary.json").write_text(json.dumps(s))
+    row = {"criterion": "l1", "macs": s["macs"]["pruned"], "finetuned_test": s["finetuned"]["test_acc"]}
+    (tmp_path / "results.json").write_text(json.dumps({"rows": [row]}))
+    from filterprune.workflows.plots import read_inputs
+
+    records, rows = read_inputs([tmp_path / "l1_summary.json", tmp_path / "results.json"])
+    assert [r.label for r in records] == ["l1"] and records[0].summary == s
+    assert [p.label for p in run_points(records, rows)] == ["l1"]
 
 
 def test_refuses_to_overwrite_a_users_file(runs, tmp_path, capsys):
@@ -122,3 +136,20 @@ def test_sensitivity_curves_are_read_and_drawn(runs, tmp_path):
     (run / "sensitivity.json").write_text(json.dumps({"schema_version": 1, "metric": "val_acc", "groups": curves}))
     assert read_run(run).sensitivity == {k: {a: [float(x) for x in b] for a, b in v.items()} for k, v in curves.items()}
     assert main(["plot", str(run), "--out", str(tmp_path / "s.png")]) == 0
+
+
+@pytest.mark.parametrize(("accs", "zoomed"), [([85.2, 84.9, 82.9, 85.1], True), ([85.0, 40.0, 60.0, 20.0], False)])
+def test_crowded_final_points_get_a_zoom_inset(accs, zoomed):
+    pytest.importorskip("matplotlib")
+    from matplotlib.figure import Figure
+
+    from filterprune.workflows.plots import Point, draw_accuracy
+
+    points = [Point(f"r{i}", 20e6 + i * 1e4, a, pruned_acc=10.0, base_macs=40e6, base_acc=88.0)
+              for i, a in enumerate(accs)]
+    ax = Figure().subplots()
+    draw_accuracy(ax, points, "test_acc")
+    assert len(ax.child_axes) == int(zoomed)
+    if zoomed:
+        lo, hi = ax.child_axes[0].get_ylim()
+        assert lo < min(accs) and hi > max(accs) and hi - lo < 5

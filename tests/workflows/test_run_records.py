@@ -171,3 +171,47 @@ def test_eval_prints_per_class_accuracy_by_class_name(runs, capsys):
     result = json.loads(capsys.readouterr().out)
     assert list(result["per_class_acc"]) == [str(i) for i in range(10)]
     assert result["per_class_acc"] == {k: round(v, 2) for k, v in summary(runs / "base")["test_per_class_acc"].items()}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", [
+    ["--criterion", "car", "--criterion-options", "eval_images=64"],
+    ["--criterion", "pls-vip", "--criterion-options", "samples=200", "--step-ratio", "0.2", "--steps", "2",
+     "--target-macs", "0.6"],
+], ids=["car", "pls-vip"])
+def test_car_and_pls_vip_scores_are_saved_per_step(runs, tmp_path, method):
+    """Oracle: each step's rows cover exactly the channels the groups had then (the base widths, then
+    the widths the previous steps left), and the removed rows add up to the channels the run removed."""
+    out = tmp_path / "p"
+    assert main(["-q", "prune", "--data", "digits", "--target-macs", "0.5", "--finetune-device", "cpu",
+                 "--weights", str(runs / "base" / "model.safetensors"), "--finetune-epochs", "0", *method,
+                 "--out", str(out)]) == 0
+    s = summary(out)
+    validate(s)
+    rows = read_scores(out)
+    steps = list(dict.fromkeys(r["step"] for r in rows))
+    assert len(steps) == len(s.get("iterations") or s["report"]["steps"])
+    widths = dict(s["report"]["widths_before"])
+    for step in steps:
+        mine = [r for r in rows if r["step"] == step]
+        for group, width in widths.items():
+            assert sorted(r["channel"] for r in mine if r["group"] == group) == list(range(width))
+        for group in widths:
+            widths[group] -= sum(r["removed"] for r in mine if r["group"] == group)
+    assert widths == s["report"]["widths_after"]
+
+
+def test_prune_table_prints_the_fraction_removed_per_layer():
+    from filterprune.api import prune
+    from filterprune.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("convnet_small", num_classes=10, in_chans=1, image_size=8)
+    report = prune(model, torch.randn(2, 1, 8, 8), "l1", ratio=0.25)
+    lines = report.table().splitlines()
+    head = next(i for i, line in enumerate(lines) if line.startswith("layer"))
+    assert lines[head].split() == ["layer", "before", "after", "removed"]
+    for line in lines[head + 1:]:
+        name, before, after, removed = line.split()
+        assert float(removed.rstrip("%")) == pytest.approx(100 * (1 - int(after) / int(before)), abs=0.05)
+        assert (int(before), int(after)) == (report.widths_before[name], report.widths_after[name])

@@ -20,11 +20,11 @@ from typing import Any
 from ..errors import FilterpruneError
 from .records import RunRecord, read_run
 
-__all__ = ["FIGSIZE", "DPI", "Point", "check_out", "pareto_front", "plot_runs", "read_inputs", "require_matplotlib",
+__all__ = ["DPI", "PANEL", "Point", "check_out", "figure_size", "panels_for", "pareto_front", "plot_runs", "read_inputs", "require_matplotlib",
            "run_points", "written_by_filterprune"]
 
-#: ``filterprune plot``'s figure: a 2 x 2 grid, ``FIGSIZE`` inches at ``DPI`` (1200 x 900 pixels).
-FIGSIZE, DPI = (12.0, 9.0), 100
+#: ``filterprune plot``: each panel ``PANEL`` inches, two panels per row, at ``DPI`` (a panel is 720 x 540 pixels).
+PANEL, DPI = (6.0, 4.5), 120
 SOFTWARE = "filterprune"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 INSTALL_HINT = 'pip install "filterprune[plots]" (or pip install matplotlib)'
@@ -159,33 +159,39 @@ def run_points(records: Sequence[RunRecord], rows: Sequence[dict[str, Any]] = ()
         elif isinstance(s.get("macs"), (int, float)) and isinstance(s.get(metric), (int, float)):
             points.append(Point(r.label, s["macs"], float(s[metric])))
     split = metric.removesuffix("_acc")
+    seen = {(p.macs, p.acc) for p in points}
     for row in rows:
-        if f"finetuned_{split}" in row and "macs" in row:
+        if f"finetuned_{split}" in row and "macs" in row and (row["macs"], row[f"finetuned_{split}"]) not in seen:
             points.append(Point(str(row.get("criterion", "?")), row["macs"], row[f"finetuned_{split}"],
                                 row.get(f"pruned_{split}"), row.get("macs_base"), row.get(f"base_{split}")))
     return points
 
 
 def read_inputs(paths: Sequence[str | Path]) -> tuple[list[RunRecord], list[dict[str, Any]]]:
-    """Run folders, and results files with ``rows`` (``benchmarks/results/standard_comparison_*.json``).
+    """Run folders; results files with ``rows`` (``benchmarks/results/standard_comparison_*.json``); and
+    ``summary.json`` files kept apart from their folder (``benchmarks/results/*_summary.json``).
 
     Raises:
-        FilterpruneError: a path that is neither (one line naming it).
+        FilterpruneError: a path that is none of these (one line naming it).
     """
     records, rows = [], []
     for p in paths:
         path = Path(p)
-        if path.is_file() and path.suffix == ".json":
-            try:
-                data = json.loads(path.read_text())
-            except (OSError, ValueError) as e:
-                raise FilterpruneError(f"{p}: unreadable JSON ({e})") from None
-            if not (isinstance(data, dict) and isinstance(data.get("rows"), list)):
-                raise FilterpruneError(f"{p}: not a run folder nor a results file with 'rows' "
-                                       "(pass the --out folder of a prune or train run)")
-            rows += [r for r in data["rows"] if isinstance(r, dict)]
+        if not (path.is_file() and path.suffix == ".json"):
+            records.append(read_run(path))
             continue
-        records.append(read_run(path))
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise FilterpruneError(f"{p}: unreadable JSON ({e})") from None
+        if isinstance(data, dict) and isinstance(data.get("rows"), list):
+            rows += [r for r in data["rows"] if isinstance(r, dict)]
+        elif isinstance(data, dict) and isinstance(data.get("macs"), (dict, int)) and (
+                "pruned" in data or "val_acc" in data):
+            records.append(RunRecord(path.parent, data, name=path.stem.removesuffix("_summary")))
+        else:
+            raise FilterpruneError(f"{p}: not a run folder, a summary.json nor a results file with 'rows' "
+                                   "(pass the --out folder of a prune or train run)")
     return records, rows
 
 
@@ -212,7 +218,31 @@ def draw_accuracy(ax: Any, points: Sequence[Point], metric: str) -> None:
     ax.set_ylabel(f"{metric.replace('_acc', '')} accuracy (%)")
     ax.set_title("accuracy against MACs (hollow: right after removal)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="lower right")
+    _zoom(ax, points, colors)
+
+
+def _zoom(ax: Any, points: Sequence[Point], colors: Sequence[str]) -> None:
+    """An inset on the final points when they crowd into a fifth of the panel's height (runs at one
+    operating point after fine-tuning), so that their order can be read."""
+    accs = [p.acc for p in points]
+    lo, hi = ax.get_ylim()
+    if len(points) < 2 or max(accs) - min(accs) > (hi - lo) / 5:
+        return
+    inset = ax.inset_axes((0.25, 0.42, 0.45, 0.36))
+    for p, c in zip(points, colors, strict=True):
+        inset.scatter([p.macs / 1e6], [p.acc], color=c, zorder=3)
+    front = pareto_front([(p.macs, p.acc) for p in points])
+    inset.plot([points[i].macs / 1e6 for i in front], [points[i].acc for i in front], "--", color="grey",
+               drawstyle="steps-post")
+    pad = max(0.1, 0.15 * (max(accs) - min(accs)))
+    inset.set_ylim(min(accs) - pad, max(accs) + pad)
+    macs = [p.macs / 1e6 for p in points]
+    xpad = max(1e-3, 0.15 * (max(macs) - min(macs)))
+    inset.set_xlim(min(macs) - xpad, max(macs) + xpad)
+    inset.tick_params(labelsize=6)
+    inset.grid(alpha=0.3)
+    inset.set_title("zoom: after fine-tuning, with their Pareto front", fontsize=7)
 
 
 def _widths(r: RunRecord) -> tuple[dict[str, int], dict[str, int]]:
@@ -289,10 +319,29 @@ def _empty(ax: Any, title: str, why: str) -> None:
     ax.set_yticks([])
 
 
+def panels_for(records: Sequence[RunRecord]) -> list[Any]:
+    """The panels ``filterprune plot`` draws for ``records``: accuracy against MACs always, then per-layer
+    widths, score distributions and sensitivity curves when some input has them."""
+    wanted: list[Any] = [draw_accuracy]
+    if any(_widths(r)[0] for r in records):
+        wanted.append(draw_widths)
+    if any(r.scores for r in records):
+        wanted.append(draw_scores)
+    if any(r.sensitivity for r in records):
+        wanted.append(draw_sensitivity)
+    return wanted
+
+
+def figure_size(panels: int) -> tuple[float, float]:
+    """Inches of a figure of ``panels`` panels: ``PANEL`` each, two per row."""
+    cols, rows = min(panels, 2), (panels + 1) // 2
+    return PANEL[0] * cols, PANEL[1] * rows
+
+
 def plot_runs(records: Sequence[RunRecord], out: str | Path, *, rows: Sequence[dict[str, Any]] = (),
               metric: str = "test_acc") -> Path:
-    """``filterprune plot``: one PNG of ``FIGSIZE`` at ``DPI`` with four panels (accuracy against MACs
-    with the Pareto front; per-layer widths; score distributions; sensitivity curves).
+    """``filterprune plot``: one PNG at ``DPI``, :func:`figure_size` of the :func:`panels_for` the inputs
+    (accuracy against MACs with the Pareto front; per-layer widths; score distributions; sensitivity).
 
     Raises:
         FilterpruneError: matplotlib is missing, or no input has ``metric`` and MACs.
@@ -303,17 +352,19 @@ def plot_runs(records: Sequence[RunRecord], out: str | Path, *, rows: Sequence[d
     points = run_points(records, rows, metric)
     if not points:
         raise FilterpruneError(f"no run among the inputs records {metric} and MACs; try --metric val_acc")
-    fig = Figure(figsize=FIGSIZE, dpi=DPI)
-    axes = fig.subplots(2, 2)
-    draw_accuracy(axes[0][0], points, metric)
-    draw_widths(axes[0][1], records)
-    draw_scores(axes[1][0], records)
-    draw_sensitivity(axes[1][1], records)
+    panels = panels_for(records)
+    fig = Figure(figsize=figure_size(len(panels)), dpi=DPI)
+    axes = fig.subplots((len(panels) + 1) // 2, min(len(panels), 2), squeeze=False).ravel()
+    draw_accuracy(axes[0], points, metric)
+    for ax, draw in zip(axes[1:], panels[1:], strict=False):
+        draw(ax, records)
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
     fig.tight_layout()
     return save_png(fig, Path(out))
 
 
-def plot_panel(draw: Any, records: Sequence[RunRecord], out: Path, size: tuple[float, float] = (7.0, 4.5)) -> Path:
+def plot_panel(draw: Any, records: Sequence[RunRecord], out: Path, size: tuple[float, float] = PANEL) -> Path:
     """One panel (``draw(ax, records)``) as its own PNG (the plots ``report.md`` links)."""
     from matplotlib.figure import Figure
 

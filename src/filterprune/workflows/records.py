@@ -169,6 +169,7 @@ class RunRecord:
         state: ``run_state.json`` (``{}`` for a run that has none, e.g. ``train``).
         scores: ``scores.csv`` rows (:func:`read_scores`).
         sensitivity: ``sensitivity.json`` curves (:func:`read_sensitivity`).
+        name: the label in plots (default: the folder's name).
     """
 
     folder: Path
@@ -176,6 +177,7 @@ class RunRecord:
     state: dict[str, Any] = field(default_factory=dict)
     scores: list[dict[str, Any]] = field(default_factory=list)
     sensitivity: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    name: str = ""
 
     @property
     def kind(self) -> str:
@@ -184,8 +186,8 @@ class RunRecord:
 
     @property
     def label(self) -> str:
-        """A short name for legends: the folder's name."""
-        return self.folder.name
+        """A short name for legends: :attr:`name`, else the folder's name."""
+        return self.name or self.folder.name
 
 
 def read_run(folder: str | Path) -> RunRecord:
