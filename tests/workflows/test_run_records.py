@@ -215,3 +215,22 @@ def test_prune_table_prints_the_fraction_removed_per_layer():
         name, before, after, removed = line.split()
         assert float(removed.rstrip("%")) == pytest.approx(100 * (1 - int(after) / int(before)), abs=0.05)
         assert (int(before), int(after)) == (report.widths_before[name], report.widths_after[name])
+
+
+def test_csgd_report_and_metrics_order_follow_its_schedule(runs):
+    """C-SGD trains (centripetal) before its trim and is not fine-tuned after: the report and
+    metrics.jsonl say so instead of "pruned, then fine-tuned"."""
+    from filterprune.workflows.methods import MethodResult
+    from filterprune.workflows.prune_run import _metric_lines
+    from filterprune.workflows.records import read_run
+    from filterprune.workflows.report import render_report
+
+    r = read_run(runs / "l1")
+    r.summary["csgd"] = {}
+    md = render_report(r, with_plots=False)
+    val, test = map(_num, _cells(md, f"after {r.summary['finetune_epochs']} centripetal epochs and the trim"))
+    assert (val, test) == pytest.approx((r.summary["pruned"]["val_acc"], r.summary["pruned"]["test_acc"]), abs=0.005)
+    assert "fine-tuned (" not in md
+    acc = {"val_acc": 1.0}
+    lines = _metric_lines(acc, acc, acc, [{"epoch": 0}], MethodResult(None, finetuned=True))
+    assert [m["phase"] for m in lines] == ["base", "centripetal", "pruned", "final"]

@@ -223,8 +223,11 @@ def _metric_lines(base: dict, pruned: dict, final: dict, history: list, result: 
     for it in result.summary.get("iterations") or []:
         if isinstance(it, dict):
             lines.append({"phase": "iteration", **it})
-    lines.append({"phase": "pruned", **pruned})
-    phase = "centripetal" if result.finetuned else "finetune"
-    lines += [{"phase": phase, **r} for r in history]
+    if result.finetuned:  # C-SGD: centripetal training comes before the trim ("pruned")
+        lines += [{"phase": "centripetal", **r} for r in history]
+        lines.append({"phase": "pruned", **pruned})
+    else:
+        lines.append({"phase": "pruned", **pruned})
+        lines += [{"phase": "finetune", **r} for r in history]
     lines.append({"phase": "final", **final})
     return lines

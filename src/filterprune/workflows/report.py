@@ -75,16 +75,23 @@ def _prune_body(r: RunRecord) -> list[str]:
     cfg = s.get("config") or {}
     p = cfg.get("prune") or {}
     rep = s.get("report") or {}
+    centripetal = "csgd" in s  # C-SGD trains before its trim and is not fine-tuned after it
     target = f"{rep.get('target_name', 'target')}={rep.get('target', '?')}"
     lines = [f"# Prune run `{r.folder.name}`", "",
              f"Criterion **{s.get('criterion')}** (method `{s.get('method')}`) on model **{s.get('model')}**, "
-             f"{target}, {len(rep.get('steps') or [])} step(s); {s.get('finetune_epochs')} fine-tune epoch(s). "
+             f"{target}, {len(rep.get('steps') or [])} step(s); {s.get('finetune_epochs')} "
+             f"{'centripetal' if centripetal else 'fine-tune'} epoch(s). "
              f"Data: {s.get('data')}.", ""]
     if p.get("criterion_options"):
         lines += [f"Criterion options: `{p['criterion_options']}`.", ""]
     lines += ["## Command", "", *_command(s, r.folder), "", "## Accuracy", ""]
-    lines += _accuracy_table([("base", s.get("base") or {}), ("pruned (before fine-tuning)", s.get("pruned") or {}),
-                              (f"fine-tuned ({s.get('finetune_epochs')} epochs)", s.get("finetuned") or {})])
+    if centripetal:
+        rows = [("base", s.get("base") or {}),
+                (f"after {s.get('finetune_epochs')} centripetal epochs and the trim", s.get("pruned") or {})]
+    else:
+        rows = [("base", s.get("base") or {}), ("pruned (before fine-tuning)", s.get("pruned") or {}),
+                (f"fine-tuned ({s.get('finetune_epochs')} epochs)", s.get("finetuned") or {})]
+    lines += _accuracy_table(rows)
     macs, params = s.get("macs") or {}, s.get("params") or {}
     lines += ["", "## Cost", "", "| | base | pruned | change |", "|---|---:|---:|---:|",
               f"| MACs | {fmt_int(macs.get('base'))} | {fmt_int(macs.get('pruned'))} | "
