@@ -126,6 +126,10 @@ def test_report_numbers_equal_the_summary(runs, name):
     for layer, width in s["report"]["widths_before"].items():
         b, a, _ = _cells(md, f"`{layer}`")
         assert (int(b), int(a)) == (width, s["report"]["widths_after"][layer])
+    bn = s.get("bn_recalibration") or {}
+    if bn.get("images"):
+        before, after = map(float, re.search(r"right after removal ([\d.]+) -> ([\d.]+)", md).groups())
+        assert (before, after) == pytest.approx((bn["val_acc_before"], bn["val_acc_after"]), abs=0.005)
     timings = md.split("## Timings")[1].split("##")[0]
     for stage, sec in s["timings_s"].items():
         assert _num(_cells(timings, stage)[0]) == pytest.approx(sec, abs=0.05)

@@ -92,6 +92,15 @@ def _prune_body(r: RunRecord) -> list[str]:
         rows = [("base", s.get("base") or {}), ("pruned (before fine-tuning)", s.get("pruned") or {}),
                 (f"fine-tuned ({s.get('finetune_epochs')} epochs)", s.get("finetuned") or {})]
     lines += _accuracy_table(rows)
+    bn = s.get("bn_recalibration") or {}
+    if bn.get("images"):
+        lines += ["", f"BatchNorm re-calibrated on {bn['images']} training images after each prune step: validation "
+                      f"accuracy right after removal {fmt_acc(bn.get('val_acc_before'))} -> "
+                      f"{fmt_acc(bn.get('val_acc_after'))} after re-calibration."]
+    ev = s.get("eval_images") or {}
+    if ev.get("asked"):
+        lines += ["", f"Quick mode: accuracies on {ev.get('val')} validation and {ev.get('test')} test images "
+                      "(a fixed, seeded subset)."]
     macs, params = s.get("macs") or {}, s.get("params") or {}
     lines += ["", "## Cost", "", "| | base | pruned | change |", "|---|---:|---:|---:|",
               f"| MACs | {fmt_int(macs.get('base'))} | {fmt_int(macs.get('pruned'))} | "
