@@ -116,16 +116,10 @@ def test_help_names_only_commands_that_exist(capsys):
         assert "list-models" not in text
 
 
-#: results a benchmark of this session still has to commit (the configs name them already)
-PENDING = {"benchmarks/results/quick_mode.md"}
-
-
 @pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_configs_refer_only_to_files_in_the_repository(path):
     missing = [ref for ref in re.findall(r"[\w./-]+\.(?:md|py|yaml|json)\b", path.read_text())
                if not (REPO / ref).exists()]
-    if missing and set(missing) <= PENDING:
-        pytest.xfail(f"{path.name} refers to {missing[0]}, not committed yet")
     assert not missing, f"{path.name} refers to {missing[0]}, which is not in the repository"
 
 
