@@ -110,11 +110,15 @@ def main() -> int:
     env = {"torch": torch.__version__, "threads": os.environ.get("OMP_NUM_THREADS", "unset"),
            "cpu": platform.machine(), "nice": args.nice}
     args.out.mkdir(parents=True, exist_ok=True)
+    kept = {}  # a run of some --methods keeps the other methods' committed records
+    if (RESULTS / "quick_mode.json").exists():
+        kept = {r["method"]: r for r in json.loads((RESULTS / "quick_mode.json").read_text())["runs"]
+                if r["method"] not in args.methods}
     records = []
     for name in args.methods:
         records.append(run_one(name, args.repo, args.out, args.nice))
         print(f"{name}: rc {records[-1]['returncode']}, {records[-1]['wall_s']} s", flush=True)
-        write(records, env)
+        write(sorted([*kept.values(), *records], key=lambda r: METHODS.index(r["method"])), env)
     return 0 if all(r["returncode"] == 0 for r in records) else 1
 
 
