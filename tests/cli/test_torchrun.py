@@ -59,11 +59,8 @@ def test_train_under_torchrun_equals_one_process(trained):
     assert sorted(p.name for p in (two / "checkpoints").iterdir()) == ["epoch_000.safetensors", "epoch_001.safetensors"]
 
 
-def test_prune_under_torchrun_ends_with_the_single_process_model(trained, tmp_path):
-    base = trained / "one" / "model.safetensors"
-    args = ["prune", "--weights", str(base), "--data", "digits", "--criterion", "l1", "--target-macs", "0.5",
-            "--finetune-epochs", "1", "--finetune-device", "cpu", "--finetune-batch-size", "64",
-            "--finetune-sync-bn", "--finetune-amp", "off"]
+def assert_torchrun_matches_one_process(args: list[str], tmp_path) -> None:
+    """``args`` under torchrun (2 processes) and in one process end with the same model and summary."""
     res = torchrun([*args, "--out", str(tmp_path / "two")])
     assert res.returncode == 0, res.stderr[-3000:]
     assert main(["-q", *args, "--out", str(tmp_path / "one")]) == 0
@@ -71,6 +68,14 @@ def test_prune_under_torchrun_ends_with_the_single_process_model(trained, tmp_pa
     assert max_diff(two, one) < 1e-5
     s2, s1 = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("two", "one"))
     assert s2["macs"] == s1["macs"] and s2["finetuned"]["val_acc"] == pytest.approx(s1["finetuned"]["val_acc"], abs=1e-9)
+
+
+def test_prune_under_torchrun_ends_with_the_single_process_model(trained, tmp_path):
+    base = trained / "one" / "model.safetensors"
+    args = ["prune", "--weights", str(base), "--data", "digits", "--criterion", "l1", "--target-macs", "0.5",
+            "--finetune-epochs", "1", "--finetune-device", "cpu", "--finetune-batch-size", "64",
+            "--finetune-sync-bn", "--finetune-amp", "off"]
+    assert_torchrun_matches_one_process(args, tmp_path)
 
 
 def test_csgd_prune_under_torchrun_ends_with_the_single_process_model(trained, tmp_path):
@@ -81,10 +86,4 @@ def test_csgd_prune_under_torchrun_ends_with_the_single_process_model(trained, t
             "--criterion-options", "centripetal=1.0,vector_ratio=1.0,force=True", "--finetune-epochs", "2",
             "--finetune-schedule", "constant", "--finetune-device", "cpu", "--finetune-batch-size", "64",
             "--finetune-sync-bn", "--finetune-amp", "off"]
-    res = torchrun([*args, "--out", str(tmp_path / "two")])
-    assert res.returncode == 0, res.stderr[-3000:]
-    assert main(["-q", *args, "--out", str(tmp_path / "one")]) == 0
-    two, one = tensors(tmp_path / "two" / "model.safetensors"), tensors(tmp_path / "one" / "model.safetensors")
-    assert max_diff(two, one) < 1e-5
-    s2, s1 = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("two", "one"))
-    assert s2["macs"] == s1["macs"] and s2["finetuned"]["val_acc"] == pytest.approx(s1["finetuned"]["val_acc"], abs=1e-9)
+    assert_torchrun_matches_one_process(args, tmp_path)

@@ -78,6 +78,15 @@ def _parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
 
 
+def add_artifact_args(parser: argparse.ArgumentParser, command: str, data_help: str) -> None:
+    """``--weights``, ``--data``, ``--out`` and ``--overwrite`` of the commands that read one checkpoint
+    and write one output folder (``compress``, ``explain``)."""
+    parser.add_argument("--weights", required=True, help="a filterprune model checkpoint (.safetensors)")
+    parser.add_argument("--data", required=True, help=data_help)
+    parser.add_argument("--out", required=True, help="output folder (refused if it exists and is not empty)")
+    parser.add_argument("--overwrite", action="store_true", help=f"replace a previous {command} run in --out")
+
+
 def add_config_args(parser: argparse.ArgumentParser, cls: type, *, prefix: str = "", skip: tuple[str, ...] = (),
                     flag_prefix: str = "", defaults: Any = None) -> None:
     """Add ``--field-name`` for every scalar field of ``cls`` (nested dataclasses are flattened).

@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ._args import add_config_args
+from ._args import add_artifact_args, add_config_args
 
 
 def add_parser(sub) -> None:
@@ -29,10 +29,7 @@ def add_parser(sub) -> None:
 
     p = sub.add_parser("compress", help="weight pruning + k-means weight sharing + Huffman coding",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--weights", required=True, help="a filterprune model checkpoint (.safetensors)")
-    p.add_argument("--data", required=True, help="dataset name or path (e.g. digits, ../shared/data/cifar10)")
-    p.add_argument("--out", required=True, help="output folder (refused if it exists and is not empty)")
-    p.add_argument("--overwrite", action="store_true", help="replace a previous compress run in --out")
+    add_artifact_args(p, "compress", "dataset name or path (e.g. digits, ../shared/data/cifar10)")
     p.add_argument("--layer", action="append", default=[], metavar="NAME:sparsity=S,bits=B,gap_bits=G",
                    help="per-layer settings (repeatable)")
     add_config_args(p, CompressOptions, skip=("layers",))

@@ -15,16 +15,15 @@ from __future__ import annotations
 import argparse
 import json
 
+from ._args import add_artifact_args
+
 
 def add_parser(sub) -> None:
     """Register ``filterprune explain``."""
     p = sub.add_parser("explain", help="per-filter CAR, class-wise CAR and colour selectivity of a layer",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--weights", required=True, help="a filterprune model checkpoint (.safetensors)")
-    p.add_argument("--data", required=True, help="dataset name or path with RGB images")
+    add_artifact_args(p, "explain", "dataset name or path with RGB images")
     p.add_argument("--layer", required=True, help="a conv layer's qualified name (e.g. conv1, features.3)")
-    p.add_argument("--out", required=True, help="output folder (refused if it exists and is not empty)")
-    p.add_argument("--overwrite", action="store_true", help="replace a previous explain run in --out")
     p.add_argument("--images", type=int, default=1000, help="training images for CAR and the responses")
     p.add_argument("--k", type=int, default=20, help="filters in the k-lowest statistic (the paper: 20)")
     p.add_argument("--draws", type=int, default=1000, help="random k-subsets for the baseline")
