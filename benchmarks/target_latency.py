@@ -8,8 +8,9 @@ per-round ratios), the measured reduction compared with the target (within +-0.0
 speed-up divided by the MACs speed-up (base MACs / pruned MACs) for the rounded widths. No fine-tuning:
 latency does not depend on the weights' values.
 
-Command (from the repository root; single-threaded torch, as the standard comparison's latency):
-    nice -n 5 python benchmarks/target_latency.py --threads 1
+Command (from the repository root; single-threaded torch, as the standard comparison's latency; a fresh
+``--work`` folder: a cached table measured under another load is refused):
+    OMP_NUM_THREADS=1 python benchmarks/target_latency.py --threads 1 --work /tmp/target_latency_$(date +%s)
 
 Writes benchmarks/results/target_latency_resnet20.json (with ``uptime`` before and after: the machine is
 shared, state its load next to the numbers).
@@ -92,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--work", default="/tmp/target_latency", help="folder for the cached latency tables")
     ap.add_argument("--out", default=str(OUT))
+    ap.add_argument("--note", default="", help="what else ran on the machine meanwhile (kept in the results)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -99,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     before = uptime()
     rows = [one(b, args.target, work, args.rounds, args.verify_rounds, args.repeats) for b in args.batches]
-    out = {"command": " ".join(["nice -n 5 python benchmarks/target_latency.py", *(argv or sys.argv[1:])]),
+    out = {"command": " ".join(["python benchmarks/target_latency.py", *(argv or sys.argv[1:])]), "note": args.note,
            "weights": BASE, "criterion": "l1", "threads": torch.get_num_threads(),
            "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "uptime_before": before, "uptime_after": uptime(),
            "results": rows, "env": environment()}

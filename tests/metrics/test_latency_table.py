@@ -120,7 +120,8 @@ def test_cache_reused_on_resume_and_refused_when_foreign(tmp_path):
     calls["n"] = 0
     pruned = apply_plan(mocks.net(), groups, PrunePlan({"0": [0, 1]}))  # a resumed run: the model is narrower now
     again, reused = load_or_measure_table(path, pruned, x, trace_groups(pruned, x), grid_points=4, profiler=counting)
-    assert reused and calls["n"] == 0 and again.to_dict() == json.loads(path.read_text())
+    # reused: no grid measured again, only the drift check's one median of the model (``repeats`` forwards)
+    assert reused and calls["n"] == again.meta["repeats"] and again.to_dict() == json.loads(path.read_text())
     # another batch size: a stale table; refused unless the file belongs to the run
     with pytest.raises(ValueError, match="batch_size"):
         load_or_measure_table(path, model, torch.randn(3, 3, 6, 6), groups, grid_points=4, profiler=counting)
@@ -133,6 +134,29 @@ def test_cache_reused_on_resume_and_refused_when_foreign(tmp_path):
     with pytest.raises(ValueError, match="other.json"):
         load_or_measure_table(tmp_path / "other.json", model, x, groups, profiler=counting)
     assert (tmp_path / "other.json").read_text() == "{not json"  # not overwritten
+
+
+@pytest.mark.parametrize("factor,stale", [(1.4, False), (1.6, True), (1 / 1.6, True)])
+def test_cached_table_measured_under_another_load_is_measured_again(tmp_path, factor, stale):
+    """A table whose timings are ``factor`` x what the model takes now (another load): within DRIFT (1.5)
+    it is reused; beyond, refused when foreign and measured again when the run owns it."""
+    model, x = mocks.net(), torch.randn(2, 3, 6, 6)
+    groups = trace_groups(model, x)
+    path = tmp_path / "latency_table.json"
+    fresh, _ = load_or_measure_table(path, model, x, groups, grid_points=4, profiler=mocks.profiler)
+    d = fresh.to_dict()
+    d["base_seconds"] *= factor  # every prediction scales with it ("scaled" rest)
+    for info in d["layers"].values():
+        for key in ("seconds", "in_seconds", "out_seconds"):
+            if key in info:
+                info[key] = [v * factor for v in info[key]] if isinstance(info[key], list) else info[key] * factor
+    path.write_text(json.dumps(d))
+    if stale:
+        with pytest.raises(ValueError, match="timings drifted"):
+            load_or_measure_table(path, model, x, groups, grid_points=4, profiler=mocks.profiler)
+    table, reused = load_or_measure_table(path, model, x, groups, grid_points=4, owned=True, profiler=mocks.profiler)
+    assert reused is not stale
+    assert table.base_seconds == pytest.approx(fresh.base_seconds * (1 if stale else factor))
 
 
 def test_side_by_side_interleaves_and_takes_per_round_ratios():

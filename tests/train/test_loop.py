@@ -117,3 +117,14 @@ def test_divergence_is_reported():
     net, loader = _model(), ToyLoader()
     with nn.utils.parametrize.cached(), pytest.raises(FloatingPointError, match="lower the lr"):
         fit(net, loader, None, TrainConfig(epochs=1, lr=1e12, device="cpu"))
+
+
+@pytest.mark.parametrize("cpu_amp,train_dtype", [(False, torch.float32), (True, torch.bfloat16)])
+def test_cpu_amp_runs_the_training_forward_in_bfloat16_and_evaluation_in_float32(cpu_amp, train_dtype):
+    seen = {True: set(), False: set()}  # module.training -> dtypes of the first conv's output
+    net, loader = _model(), ToyLoader()
+    net.features[0].register_forward_hook(lambda m, i, o: seen[m.training].add(o.dtype))
+    history = fit(net, loader, loader, TrainConfig(epochs=1, device="cpu", cpu_amp=cpu_amp))
+    assert seen == {True: {train_dtype}, False: {torch.float32}}
+    assert all(p.dtype == torch.float32 for p in net.parameters())  # master weights stay float32
+    assert history[-1]["val_acc"] == evaluate(net, loader, "cpu")["acc"]

@@ -422,11 +422,29 @@ def _mismatch(table: LatencyTable, model: nn.Module, x: Tensor, want: Mapping[st
     return ""
 
 
+#: a cached table is measured again when the model's forward now takes more than this factor longer or
+#: shorter than the table predicts for its current widths (the machine's load or clocks changed)
+DRIFT = 1.5
+
+
+def _drift(table: LatencyTable, model: nn.Module, x: Tensor, profiler: Profiler | None) -> str:
+    """Why ``table``'s timings no longer hold on this machine (empty when they do): the model's median
+    forward time now against the table's prediction for its current widths, within :data:`DRIFT`."""
+    names = [n for n in table.layers]
+    _, now = _median_profile(model, x, names, table.meta.get("warmup", 2), table.meta.get("repeats", 7), profiler)
+    then = table.predict_seconds(module_widths(model, names))
+    if then / DRIFT <= now <= then * DRIFT:
+        return ""
+    return (f"timings drifted: a forward now takes {now * 1e3:.3g} ms where the table predicts {then * 1e3:.3g} ms "
+            "(measured under another load)")
+
+
 def load_or_measure_table(path: PathLike | None, model: nn.Module, example_inputs: Tensor,
                           groups: Sequence[ChannelGroup], *, owned: bool = False,
                           **measure_kwargs: Any) -> tuple[LatencyTable, bool]:
-    """The table at ``path`` if it describes ``model`` on ``example_inputs``, else a new measurement
-    (written to ``path`` when given). Returns ``(table, reused)``.
+    """The table at ``path`` if it describes ``model`` on ``example_inputs`` and its timings still hold
+    (the model's forward measured now within :data:`DRIFT` of the table's prediction), else a new
+    measurement (written to ``path`` when given). Returns ``(table, reused)``.
 
     Args:
         path: the cache file (a run folder's ``latency_table.json``) or ``None``.
@@ -447,7 +465,8 @@ def load_or_measure_table(path: PathLike | None, model: nn.Module, example_input
     if p is not None and p.exists():
         try:
             table = LatencyTable.from_dict(json.loads(p.read_text()))
-            why = _mismatch(table, model, example_inputs, want)
+            why = _mismatch(table, model, example_inputs, want) or _drift(
+                table, model, example_inputs, measure_kwargs.get("profiler"))
         except (ValueError, OSError) as e:  # JSONDecodeError is a ValueError
             why = str(e).splitlines()[0] if str(e) else type(e).__name__
         if not why:

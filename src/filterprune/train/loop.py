@@ -40,7 +40,9 @@ class TrainingError(FilterpruneError, FloatingPointError):
     """Training cannot go on (the loss became NaN/inf); the message says what is kept and what to change."""
 
 
-def _autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
+def _autocast(device: torch.device, amp: str, cpu: bool = False) -> contextlib.AbstractContextManager:
+    if device.type == "cpu" and cpu:
+        return torch.autocast("cpu", dtype=torch.bfloat16)
     if device.type != "cuda" or amp == "off":
         return contextlib.nullcontext()
     return torch.autocast("cuda", dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
@@ -194,7 +196,7 @@ def _epochs(model, net, optimizer, scaler, train_loader, val_loader, cfg, hooks,
             lr = lr_at(cfg, step, steps_per_epoch)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            with _autocast(device, cfg.amp):
+            with _autocast(device, cfg.amp, cpu=cfg.cpu_amp):
                 logits = net(x)
                 loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
