@@ -68,13 +68,14 @@ def main() -> None:
     p.add_argument("--train-images", type=int, default=12000)
     p.add_argument("--lr", type=float, default=0.01)
     p.add_argument("--share-lr", type=float, default=0.001)
+    p.add_argument("--cpu-amp", action="store_true", help="bfloat16 autocast of the training forwards on CPU")
     p.add_argument("--out", default=str(ROOT / "benchmarks/results/compression_resnet20.json"))
     p.add_argument("--weights-dir", default=str(ROOT / "benchmarks/weights"))
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", force=True)
     torch.manual_seed(0)
     splits = load_data(args.data)
-    cfg = TrainConfig(epochs=1, lr=args.lr, schedule="cosine", device="cpu")
+    cfg = TrainConfig(epochs=1, lr=args.lr, schedule="cosine", device="cpu", cpu_amp=args.cpu_amp)
     runs = {}
     base_metrics = None
     for criterion in args.criteria:

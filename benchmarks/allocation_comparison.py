@@ -1,0 +1,145 @@
+"""The standard comparison with per-layer allocation (issue #15): criterion x allocation x fine-tune seed.
+
+Each row is one ``filterprune prune`` run on the ResNet-20 base: ``--target-macs 0.5``, ``--allocation``
+global / cost / sensitivity, ``--finetune-epochs 10`` of the one fine-tune recipe (``--finetune-seed``),
+in ``runs/allocation/<criterion>-<allocation>-s<seed>``. Every row of this table uses the same recipe, with
+bfloat16 autocast of the training forward on CPU (``--finetune-cpu-amp``; about twice the float32
+throughput on this AMX CPU), so its rows are not mixed with the float32 rows of
+``standard_comparison_resnet20.json``. A run already finished is read, not re-run; an interrupted one is
+resumed (``--resume``). The table is written after every row, so a stopped sweep keeps what it measured.
+
+Command (from the repository root; one thread per run, two runs at most on 2 cores)::
+
+    OMP_NUM_THREADS=1 python benchmarks/allocation_comparison.py --rows l1:global:0 l1:cost:0 ...
+
+Writes ``benchmarks/results/allocation_comparison_resnet20.{json,md}`` and ``..._widths.png`` (the
+per-layer widths of every row). Latency is measured side by side afterwards
+(``benchmarks/latency_side_by_side.py --from benchmarks/results/allocation_comparison_resnet20.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+BASE = "benchmarks/weights/resnet20_cifar10jpeg_base.safetensors"
+OUT = "benchmarks/results/allocation_comparison_resnet20"
+#: criterion options of the standard comparison (benchmarks/results/standard_comparison_resnet20.json)
+OPTIONS = {"car": "k=64,eval_images=1000"}
+
+
+def parse_row(text: str) -> tuple[str, str, int]:
+    """``criterion:allocation:seed`` (seed optional, 0) -> the tuple; one clear error otherwise."""
+    parts = text.split(":")
+    if len(parts) not in (2, 3) or not all(parts):
+        raise argparse.ArgumentTypeError(f"row {text!r}: write criterion:allocation[:seed], e.g. l1:cost:0")
+    return parts[0], parts[1], int(parts[2]) if len(parts) == 3 else 0
+
+
+def row_of(name: str, crit: str, alloc: str, seed: int, run_dir: Path, command: list[str]) -> dict:
+    """The table row of a finished run (its ``summary.json``, ``sensitivity.json`` when measured)."""
+    s = json.loads((run_dir / "summary.json").read_text())
+    sens = run_dir / "sensitivity.json"
+    timings = s.get("timings_s") or {}
+    epoch_s = [r.get("epoch_time_s") for r in _metrics(run_dir) if r.get("epoch_time_s")]
+    return {
+        "row": name, "criterion": crit, "allocation": alloc, "seed": seed,
+        "base_val": s["base"]["val_acc"], "base_test": s["base"]["test_acc"],
+        "pruned_val": s["pruned"]["val_acc"], "pruned_test": s["pruned"]["test_acc"],
+        "finetuned_val": s["finetuned"]["val_acc"], "finetuned_test": s["finetuned"]["test_acc"],
+        "macs_base": s["macs"]["base"], "macs": s["macs"]["pruned"],
+        "params_base": s["params"]["base"], "params": s["params"]["pruned"],
+        "widths": s["report"]["widths_after"], "finetune_epochs": s["finetune_epochs"],
+        "max_equivalence_error": s["report"]["max_error"],
+        "timings_s": timings, "finetune_epoch_s": epoch_s,
+        "sensitivity_cost": json.loads(sens.read_text()).get("cost") if sens.exists() else None,
+        "checkpoint": str(run_dir / "model.safetensors"),
+        "command": " ".join(["filterprune", *command[3:]]),
+    }
+
+
+def _metrics(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def markdown(rows: list[dict]) -> str:
+    """The table: one line per row, accuracies in percent, MACs and params with their share of the base."""
+    head = ("| criterion | allocation | seed | pruned val/test | fine-tuned val/test | MACs | params |\n"
+            "|---|---|---|---|---|---|---|\n")
+    body = "".join(
+        f"| {r['criterion']} | {r['allocation']} | {r['seed']} | {r['pruned_val']:.2f} / {r['pruned_test']:.2f} "
+        f"| {r['finetuned_val']:.2f} / {r['finetuned_test']:.2f} "
+        f"| {r['macs'] / 1e6:.2f}M ({r['macs'] / r['macs_base']:.3f}) "
+        f"| {r['params'] / 1e3:.1f}k ({r['params'] / r['params_base']:.3f}) |\n" for r in rows)
+    return head + body
+
+
+def plot_widths(rows: list[dict], path: Path) -> None:
+    """Per-layer kept filters of every row, one line per row (matplotlib, Agg)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(11, 4.5))
+    for r in rows:
+        names = list(r["widths"])
+        ax.plot(range(len(names)), [r["widths"][n] for n in names], marker="o", ms=3, label=r["row"])
+    if rows:
+        names = list(rows[0]["widths"])
+        ax.set_xticks(range(len(names)), names, rotation=75, fontsize=7)
+    ax.set_ylabel("filters kept")
+    ax.set_title("ResNet-20 at -50% MACs: filters kept per layer")
+    ax.legend(fontsize=7, ncol=3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", nargs="+", type=parse_row, required=True, help="criterion:allocation[:seed] ...")
+    ap.add_argument("--data", default="../shared/data/cifar10")
+    ap.add_argument("--weights", default=BASE)
+    ap.add_argument("--epochs", type=int, default=10, help="fine-tune epochs (the protocol says 10)")
+    ap.add_argument("--runs", default="runs/allocation")
+    ap.add_argument("--out", default=OUT)
+    ap.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more flags for filterprune prune")
+    args = ap.parse_args(argv)
+    out = Path(args.out)
+    table = out.with_suffix(".json")
+    for crit, alloc, seed in args.rows:
+        name = f"{crit}-{alloc}-s{seed}"
+        run_dir = Path(args.runs) / name
+        cmd = [sys.executable, "-m", "filterprune", "-q", "prune", "--weights", args.weights, "--data", args.data,
+               "--criterion", crit, "--target-macs", "0.5", "--allocation", alloc,
+               "--finetune-epochs", str(args.epochs), "--finetune-seed", str(seed), "--finetune-cpu-amp",
+               "--out", str(run_dir), *(["--criterion-options", OPTIONS[crit]] if crit in OPTIONS else []),
+               *args.extra]
+        if not (run_dir / "summary.json").exists():
+            t0 = time.perf_counter()
+            subprocess.run(cmd + (["--resume"] if run_dir.exists() else []), check=True)
+            print(f"{name}: {time.perf_counter() - t0:.0f} s", flush=True)
+        rows = json.loads(table.read_text())["rows"] if table.exists() else []  # re-read: two sweeps may share it
+        rows = [r for r in rows if r["row"] != name] + [row_of(name, crit, alloc, seed, run_dir, cmd)]
+        doc = {"protocol": __doc__.split("\n\n")[0] + " " + __doc__.split("\n\n")[1].replace("\n", " "),
+               "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "rows": rows}
+        tmp = table.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(doc, indent=2))
+        tmp.replace(table)
+        out.with_suffix(".md").write_text(markdown(rows))
+        plot_widths(rows, out.parent / (out.name + "_widths.png"))
+    print(markdown(json.loads(table.read_text())["rows"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
