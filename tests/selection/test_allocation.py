@@ -196,3 +196,16 @@ def test_cost_of_macs_with_a_ratio_target_charges_macs():
     model, x, groups, scores = _cheap_dear()
     plan = select(model, x, groups, scores, SelectOptions(ratio=0.25, allocation="cost", cost_of="macs"))
     assert plan.prune_idxs == {"b": [0, 1, 2, 3]}  # 4 of 16 channels, all from the dear-per-channel group
+
+
+def test_target_latency_is_met_on_the_predictor_and_cost_ranks_by_it():
+    # a predicted-latency table where a's channels are five times dearer than b's (the opposite of MACs)
+    model, x, groups, scores = _cheap_dear()
+
+    def latency(cuts):
+        return 0.05 * cuts.get(("a", "out"), 0) + 0.01 * cuts.get(("b", "out"), 0)
+
+    plan = select(model, x, groups, scores, SelectOptions(target_latency=0.2, allocation="cost"), latency=latency)
+    assert plan.prune_idxs == {"a": [0, 1, 2, 3]}  # 4 x 0.05: the dear channels of equal score first
+    with pytest.raises(ValueError, match="target_latency needs latency="):
+        select(model, x, groups, scores, SelectOptions(target_latency=0.2))

@@ -13,10 +13,12 @@ import pytest
 import torch
 
 import filterprune.train as train_pkg
-from filterprune.api import load, prune, save
+from filterprune.api import load, prune, save, score
 from filterprune.cli.main import main
+from filterprune.graph.trace import trace_groups
 from filterprune.metrics import count
 from filterprune.models import create_model
+from filterprune.selection import SelectOptions, SensitivityCurves, select
 from filterprune.workflows.records import read_sensitivity
 
 
@@ -109,7 +111,6 @@ def test_uniform_and_cost_runs_meet_the_target(base_weights, tmp_path, allocatio
 @pytest.mark.parametrize("extra, needle", [
     (["--allocation", "greedy"], "must be global, uniform, cost or sensitivity, got 'greedy'"),
     (["--allocation", "sensitivity", "--step-ratio", "0.2"], "sensitivity is not available with --step-ratio"),
-    (["--allocation", "sensitivity", "--criterion", "csgd"], "sensitivity is not available with csgd"),
     (["--allocation", "cost", "--global-ranking", "false"], "cannot be cost with global_ranking off"),
     (["--sensitivity-metric", "top5"], "must be loss or acc, got 'top5'"),
 ])
@@ -151,3 +152,19 @@ def test_api_refusals_and_the_cost_fn_hook():
 
     report = prune(model, x, "l1", ratio=0.2, allocation="cost", cost_fn=cost_fn)
     assert seen and report.target_name == "ratio"
+
+
+@pytest.mark.slow  # C-SGD's centripetal epoch: ~10 s alone, over a minute on the shared machine
+def test_csgd_widths_follow_the_sensitivity_curves(base_weights, tmp_path):
+    # C-SGD clusters each group to the width the equal-drop rule gives with the width criterion (l1)
+    out = tmp_path / "csgd"
+    assert main(_argv(base_weights, out, "--criterion", "csgd", "--criterion-options", "force=True", "--finetune-epochs", "1", *SENS)) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    curves = SensitivityCurves.load(out / "sensitivity.json")
+    assert summary["sensitivity"][0]["cost"]["passes"] == 1 + 3 * len(curves.groups)
+    model, x = load(base_weights), torch.randn(2, 1, 8, 8)
+    groups = trace_groups(model, x)
+    plan = select(model, x, groups, score(model, x, "l1"), SelectOptions(target_macs=0.5, allocation="sensitivity"),
+                  curves=curves)
+    expected = {g.id: g.size - len(plan.prune_idxs.get(g.id, [])) for g in groups if g.prunable}
+    assert summary["csgd"]["clusters"] == expected

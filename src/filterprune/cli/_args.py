@@ -345,9 +345,9 @@ def check_prune(p: PruneConfig) -> None:
     if p.criterion in training_methods() and (p.steps != 1 or p.step_ratio is not None):
         raise config_error("prune.steps", f"must be 1 and --step-ratio unset for {p.criterion}: it prunes in one "
                            f"round, got --steps {p.steps}")
-    if p.allocation == "sensitivity" and (p.step_ratio is not None or p.criterion in training_methods()):
-        what = "--step-ratio" if p.step_ratio is not None else p.criterion
-        raise config_error("prune.allocation", f"sensitivity is not available with {what}: use global, uniform or cost")
+    if p.allocation == "sensitivity" and p.step_ratio is not None:
+        raise config_error("prune.allocation", "sensitivity is not available with --step-ratio: use global, uniform "
+                           "or cost")
 
 
 def check_eval_args(args: argparse.Namespace) -> None:

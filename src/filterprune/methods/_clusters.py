@@ -28,8 +28,9 @@ from __future__ import annotations
 import json
 import logging
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -39,7 +40,7 @@ from ..errors import PruningError
 from ..graph.groups import ChannelGroup
 from ..graph.ops import layer_op
 from ..selection import SelectOptions, select
-from ..types import GroupId, PathLike
+from ..types import GroupId, PathLike, Scores
 from ..utils.io import atomic_write
 
 logger = logging.getLogger(__name__)
@@ -253,16 +254,29 @@ def target_widths(
     criterion: str = "l1",
     data: Iterable | None = None,
     seed: int = 0,
+    curves_for: Callable[[Sequence[ChannelGroup], Scores], Any] | None = None,
 ) -> dict[GroupId, int]:
     """Channels per group that ``options``' target asks for, as chosen by ranking with ``criterion``.
 
     C-SGD uses only the counts (one cluster per kept channel), not which channels the criterion keeps.
+    With ``options.allocation == "sensitivity"``, ``curves_for(groups, scores)`` measures the
+    sensitivity curves (the prune workflow's, cached in the run folder).
+
+    Raises:
+        ValueError: sensitivity allocation without ``curves_for``.
     """
     from ..criteria import ScoringContext, create_criterion
 
     crit = create_criterion(criterion)
     ctx = ScoringContext(model=model, example_inputs=example_inputs, groups=list(groups), data=data, seed=seed)
-    plan = select(model, example_inputs, groups, crit.score(ctx), options)
+    scores = crit.score(ctx)
+    curves = None
+    if options.mode == "sensitivity":
+        if curves_for is None:
+            raise ValueError("C-SGD widths by sensitivity need curves_for (filterprune prune --criterion csgd "
+                             "--allocation sensitivity measures them)")
+        curves = curves_for(groups, scores)
+    plan = select(model, example_inputs, groups, scores, options, curves=curves)
     return {g.id: g.size - len(plan.prune_idxs.get(g.id, ())) for g in groups if g.prunable}
 
 

@@ -17,8 +17,10 @@ from ..errors import PruningError
 from .csgd_run import CSGDOptions, CSGDResult, csgd_prune
 
 
-def csgd_stages(job: Any) -> CSGDResult:
+def csgd_stages(job: Any, curves_for: Any = None) -> CSGDResult:
     """Run (or resume) C-SGD on ``job.runner.model`` to ``job.cfg.prune``'s target.
+
+    ``curves_for(groups, scores)``: the sensitivity curves, for ``--allocation sensitivity`` widths.
 
     Raises:
         ValueError: multi-step or iterative requests (C-SGD prunes in one round), or bad options.
@@ -32,7 +34,7 @@ def csgd_stages(job: Any) -> CSGDResult:
         return csgd_prune(job.model, job.x, job.train, job.val, ft, target_macs=p.target_macs,
                           target_params=p.target_params, ratio=p.ratio, global_ranking=p.global_ranking,
                           min_channels=p.min_channels, round_to=p.round_to, allocation=p.allocation, seed=p.seed,
-                          options=opts,
+                          options=opts, curves_for=curves_for,
                           run_dir=job.folder / "centripetal", stage=job.runner.stage,
                           baseline=(job.baseline.macs, job.baseline.params, job.widths_before))
     except PruningError as e:

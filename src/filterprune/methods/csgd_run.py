@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,13 +26,13 @@ from torch import nn
 from ..api import PruneReport, StepRecord, conv_widths
 from ..config import TrainConfig
 from ..errors import PruningError
-from ..graph.groups import PrunePlan
+from ..graph.groups import ChannelGroup, PrunePlan
 from ..graph.trace import Inputs, map_tensors, trace_groups
 from ..metrics import count
 from ..selection import SelectOptions
 from ..train.ddp import broadcast_object, broadcast_state, is_main
 from ..train.loop import fit
-from ..types import PathLike
+from ..types import PathLike, Scores
 from ._clusters import CLUSTERINGS, Clusters, cluster_groups, load_clusters, save_clusters, target_widths
 from ._permute import align_shortcuts
 from ._slots import Deviation
@@ -205,6 +205,7 @@ def csgd_prune(
     run_dir: PathLike | None = None,
     stage: Callable[..., Any] | None = None,
     baseline: tuple[int, int, dict[str, int]] | None = None,
+    curves_for: Callable[[Sequence[ChannelGroup], Scores], Any] | None = None,
 ) -> CSGDResult:
     """Prune ``model`` in place with C-SGD: cluster to the target widths, train ``cfg``, trim.
 
@@ -221,7 +222,8 @@ def csgd_prune(
         target_params: fraction of parameters to remove.
         ratio: fraction of channels to remove. Give exactly one target.
         global_ranking: widths from a global ranking; ``False``: the same fraction in every group.
-        allocation: how the widths are allocated: global, uniform or cost (``SelectOptions.allocation``).
+        allocation: how the widths are allocated: global, uniform, cost or sensitivity
+            (``SelectOptions.allocation``; sensitivity needs ``curves_for``).
         min_channels: every group keeps at least this many channels.
         round_to: kept counts are multiples of this.
         seed: k-means and criterion seed.
@@ -233,6 +235,8 @@ def csgd_prune(
             :class:`~filterprune.workflows.runner.Runner`'s ``stage``); default: run them.
         baseline: ``(macs, params, conv widths)`` of the unpruned model for the report (a resumed run
             starts from a snapshot); default: counted on ``model`` now.
+        curves_for: ``curves_for(groups, scores) -> SensitivityCurves`` for ``allocation="sensitivity"``
+            (the prune workflow's, cached in its run folder).
 
     Raises:
         ValueError: bad targets or options.
@@ -249,7 +253,7 @@ def csgd_prune(
         baseline = (int(macs_before), int(params_before), conv_widths(model))
     widths = run("csgd.widths", lambda: target_widths(model, example_inputs, trace_groups(model, example_inputs),
                                                       select_opts, criterion=opts.width_criterion,
-                                                      data=train_loader, seed=seed))
+                                                      data=train_loader, seed=seed, curves_for=curves_for))
     clusters = run("csgd.clusters", lambda: broadcast_object(cluster_groups(  # under torchrun: rank 0's
         model, trace_groups(model, example_inputs, probe=False), widths, method=opts.clustering, seed=seed,
         include_bn=opts.include_bn, n_init=opts.n_init)))

@@ -38,27 +38,31 @@ def _val_loader(job: Any) -> Any:
                        device=pick_device(ft.device))
 
 
-def sensitivity_stage(job: Any, groups: Any, scores: Any, step: int) -> SensitivityCurves:
-    """Run (or resume) stage ``step{step}.sensitivity``; return the curves (module docstring)."""
+def job_curves(job: Any, groups: Any, scores: Any, step: int) -> SensitivityCurves:
+    """Measure step ``step``'s curves on ``job.model`` (resuming from, and writing, the run folder's
+    file, and its plot) with ``train.evaluate`` on the validation subset."""
     from ..train import evaluate
 
     p = job.cfg.prune
     path = job.folder / curves_file(step)
+    loader = _val_loader(job)
 
     def measure(model):
         r = evaluate(model, loader, job.device)
         return {"loss": r["loss"], "acc": r["acc"], "images": r["n"]}
 
-    def run() -> dict[str, Any]:
-        curves = measure_curves(job.model, groups, scores, measure, points=p.sensitivity_points,
-                                metric=p.sensitivity_metric, cache=path if job.runner.writer else None,
-                                ignored_layers=tuple(p.layer_ratios()))
-        if job.runner.writer:
-            plot_sensitivity(curves, path.with_suffix(".png"))
-        return curves.to_dict()
+    curves = measure_curves(job.model, groups, scores, measure, points=p.sensitivity_points,
+                            metric=p.sensitivity_metric, cache=path if job.runner.writer else None,
+                            ignored_layers=tuple(p.layer_ratios()))
+    if job.runner.writer:
+        plot_sensitivity(curves, path.with_suffix(".png"))
+    return curves
 
-    loader = _val_loader(job)
-    return SensitivityCurves.from_dict(job.runner.stage(f"step{step}.sensitivity", run))
+
+def sensitivity_stage(job: Any, groups: Any, scores: Any, step: int) -> SensitivityCurves:
+    """Run (or resume) stage ``step{step}.sensitivity`` (:func:`job_curves`); return the curves."""
+    return SensitivityCurves.from_dict(job.runner.stage(f"step{step}.sensitivity",
+                                                        lambda: job_curves(job, groups, scores, step).to_dict()))
 
 
 def plan_summary(curves: SensitivityCurves, groups: Any, plan: PrunePlan, step: int) -> dict[str, Any]:
