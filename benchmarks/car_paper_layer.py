@@ -162,11 +162,28 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast for CAR's evaluations (and a GPU fine-tune)")
     p.add_argument("--max-rows", type=int, default=1024, help="images per batched CAR forward (memory)")
     p.add_argument("--out")
+    p.add_argument("--reuse", help="an earlier result of the same weights and evaluation: its runs are copied "
+                                    "instead of run, except for the methods of --rerun")
+    p.add_argument("--rerun", nargs="+", default=["car"], help="methods run again despite --reuse (default: car)")
     args = p.parse_args(argv)
     for key, value in PRESETS[args.preset].items():
         if getattr(args, key) is None:
             setattr(args, key, str(value) if isinstance(value, Path) else value)
     return args
+
+
+def reused_runs(args, base_val: float, base_test: float) -> dict[tuple, dict]:
+    """``--reuse``: the earlier result's runs by ``(layer, method, seed)``, minus the ``--rerun`` methods;
+    refused (SystemExit) when that result used other weights, base accuracies or evaluation images."""
+    if not args.reuse:
+        return {}
+    old = json.loads(Path(args.reuse).read_text())
+    same = {"base_val_acc": base_val, "base_test_acc": base_test, "eval_images": args.eval_images,
+            "random_seeds": args.random_seeds}
+    bad = [k for k, v in same.items() if old.get(k) != v]
+    if Path(old["weights"]).name != Path(args.weights).name or bad:
+        raise SystemExit(f"--reuse {args.reuse}: another setting ({', '.join(bad) or 'weights'}); run without --reuse")
+    return {(r["layer"], r["method"], r["seed"]): r for r in old["runs"] if r["method"] not in args.rerun}
 
 
 def main(argv=None) -> dict:
@@ -187,11 +204,15 @@ def main(argv=None) -> dict:
     ft_loader = subset_loader(splits.train, n_ft, ft_cfg.batch_size, 1, train=True)
     base_acc, base_test = evaluate(base, val, device)["acc"], evaluate(base, test, device)["acc"]
     print(f"base val acc {base_acc:.2f}, test acc {base_test:.2f}", flush=True)
+    reusable = reused_runs(args, base_acc, base_test)
     runs = []
     for layer in args.layers:
         size = find_group(trace_groups(base, x), layer).size
         methods = [("car", 0), ("l1", 0)] + [("random", s) for s in range(args.random_seeds)]
         for method, seed in methods:
+            if (layer, method, seed) in reusable:
+                runs.append({**reusable[(layer, method, seed)], "reused_from": args.reuse})
+                continue
             model = copy.deepcopy(base)
             plan, how = plan_by(method, model, x, layer, args.remove or size // 2, eval_batches, args, seed)
             apply_plan_checked(model, trace_groups(model, x), plan, x)

@@ -75,6 +75,28 @@ def test_single_group_mask_and_restore_functions():
     _assert_same_state(before, model.state_dict())
 
 
+def test_mask_and_restore_are_seen_inside_one_autocast_region():
+    """Autocast caches one bfloat16 copy of each weight per region: a mask (an in-place fill) and its
+    restore must reach the forwards that follow in the same region (greedy CAR under --bf16 scored
+    every step as if nothing had been removed)."""
+    model, x = build("residual")
+    model.eval()
+    groups = {g.id: g for g in trace_groups(model, x)}
+    with torch.no_grad():
+        handle = mask(model, groups["stem"], [0, 3])
+        want_masked = model(x)
+        restore(handle)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        y0 = model(x).float()
+        handle = mask(model, groups["stem"], [0, 3])
+        y1 = model(x).float()
+        restore(handle)
+        y2 = model(x).float()
+    assert torch.equal(y0, y2)
+    err = (y1 - want_masked).abs().max()
+    assert err < 0.1 * (y0 - want_masked).abs().max()  # the masked model, to bf16 precision, not the unmasked one
+
+
 def test_pad_shortcut_index_is_masked_and_restored():
     model = create_model("resnet20").eval()
     x = torch.randn(1, 3, 32, 32)

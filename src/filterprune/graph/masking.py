@@ -37,6 +37,17 @@ from .surgery import is_depthwise, weight_dim
 logger = logging.getLogger(__name__)
 
 
+def _drop_autocast_casts() -> None:
+    """Forget autocast's cached low-precision copies of weights.
+
+    Inside one ``torch.autocast`` region, PyTorch casts each weight (a leaf that requires grad) once and
+    reuses that copy for the rest of the region; a weight changed in place afterwards keeps being read
+    through its stale copy. Masks change weights in place, so every fill and restore drops the cache:
+    a greedy method scoring under bfloat16 autocast then sees the channels it already removed.
+    """
+    torch.clear_autocast_cache()
+
+
 class Mask:
     """Saved slices of one or more masks; :meth:`restore` writes them back (last masked, first restored)."""
 
@@ -48,6 +59,7 @@ class Mask:
         with torch.no_grad():
             self._saved.append((tensor, dim, index, tensor.index_select(dim, index).clone()))
             tensor.index_fill_(dim, index, value)
+        _drop_autocast_casts()
 
     def restore(self) -> None:
         """Undo every fill of this mask, bit-exactly. Calling it twice is harmless."""
@@ -55,6 +67,7 @@ class Mask:
             while self._saved:
                 tensor, dim, index, values = self._saved.pop()
                 tensor.index_copy_(dim, index, values)
+        _drop_autocast_casts()
 
     @property
     def active(self) -> bool:
