@@ -52,6 +52,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+from _command import command_line
 
 from filterprune.api import load
 from filterprune.config import PruneRunConfig
@@ -229,12 +230,10 @@ def main(argv=None) -> dict:
             print(json.dumps({k: rec.get(k) for k in ("layer", "method", "seed", "val_acc_pruned", "val_acc_finetuned",
                                                        "test_acc_pruned", "test_acc_finetuned", "car_seconds",
                                                        "finetune_seconds")}), flush=True)
-    flags = {k: v for k, v in vars(args).items() if k not in ("data", "out", "preset") and v not in (None, False)}
     out = {
         "experiment": f"half the filters of one {args.preset} layer removed by CAR (greedy), L1 and random",
-        "command": f"PYTHONPATH=src python benchmarks/car_paper_layer.py --preset {args.preset} " + " ".join(
-            f"--{k.replace('_', '-')}" + ("" if v is True else " " + (" ".join(v) if isinstance(v, list) else str(v)))
-            for k, v in flags.items()),
+        "command": command_line(f"PYTHONPATH=src python benchmarks/car_paper_layer.py --preset {args.preset}",
+                                vars(args), skip=("data", "out", "preset")),
         "weights": str(Path(args.weights).resolve().relative_to(ROOT)) if Path(args.weights).resolve().is_relative_to(ROOT)
         else str(args.weights),
         "device": str(device), "bf16": args.bf16, "threads": torch.get_num_threads(),

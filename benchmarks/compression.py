@@ -39,6 +39,7 @@ import time
 from pathlib import Path
 
 import torch
+from _command import command_line
 
 from filterprune.api import load
 from filterprune.compression.pipeline import CompressOptions, LayerOptions, before_after_table, compress_model
@@ -118,10 +119,8 @@ def main() -> None:
     main_run = runs[args.criteria[0]]
     out = {
         "experiment": "CAR (vs L1) filter pruning of one ResNet-20 layer, then Deep Compression of the network",
-        "command": "OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/compression.py " + " ".join(
-            f"--{k.replace('_', '-')}" + ("" if v is True else f" {' '.join(v) if isinstance(v, list) else v}")
-            for k, v in vars(args).items()
-            if k not in ("weights", "data", "out", "weights_dir") and v not in (None, "", False)),
+        "command": command_line("OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/compression.py", vars(args),
+                                skip=("weights", "data", "out", "weights_dir")),
         "weights": _rel(Path(args.weights)),
         "layer": args.layer,
         **{k: main_run[k] for k in ("artifact", "layer_ratio", "layer_ratio_with_bn", "first_conv",

@@ -46,6 +46,7 @@ import time
 from pathlib import Path
 
 import torch
+from _command import command_line
 
 from filterprune.api import load
 from filterprune.data import BatchLoader, load_data
@@ -182,16 +183,14 @@ def main(argv=None) -> dict:
         print(f"{layer}: {s['colour_selective']}/{s['filters']} colour-selective; of the {s['k']} lowest CAR "
               f"{s['car_count']}, lowest L1 {s['l1_count']}, random {s['random_mean']:.2f} (p {s['p_value']:.3g}); "
               f"{rec['seconds']:.0f} s", flush=True)
-    flags = {k: v for k, v in vars(args).items() if k not in ("data", "out", "layer_table") and v not in (None, False)}
-    flags["weights"] = relative(args.weights)
+    flags = {**vars(args), "weights": relative(args.weights)}
     result = {**records[0],
               **({"second_conv": records[1]} if len(records) > 1 else {}),
               "layers": args.layers, "data": "CIFAR-10 JPEG copy (training split)" if "cifar10" in args.data else args.data,
               "draws": args.draws, "device": str(device), "bf16": args.bf16,
               "table": [table_row(r, PAPER[min(i, 1)]) for i, r in enumerate(records)],
-              "command": "PYTHONPATH=src python benchmarks/interpretability.py " + " ".join(
-                  f"--{k.replace('_', '-')}" + ("" if v is True else " " + (" ".join(v) if isinstance(v, list) else str(v)))
-                  for k, v in flags.items()),
+              "command": command_line("PYTHONPATH=src python benchmarks/interpretability.py", flags,
+                                      skip=("data", "out", "layer_table")),
               "wall_seconds": time.perf_counter() - t0}
     out.write_text(json.dumps(result, indent=1))
     out.with_suffix(".md").write_text(markdown(result))

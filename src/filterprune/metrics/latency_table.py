@@ -430,7 +430,7 @@ DRIFT = 1.5
 def _drift(table: LatencyTable, model: nn.Module, x: Tensor, profiler: Profiler | None) -> str:
     """Why ``table``'s timings no longer hold on this machine (empty when they do): the model's median
     forward time now against the table's prediction for its current widths, within :data:`DRIFT`."""
-    names = [n for n in table.layers]
+    names = list(table.layers)
     _, now = _median_profile(model, x, names, table.meta.get("warmup", 2), table.meta.get("repeats", 7), profiler)
     then = table.predict_seconds(module_widths(model, names))
     if then / DRIFT <= now <= then * DRIFT:
