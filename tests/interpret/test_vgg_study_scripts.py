@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 
 import pytest
 import torch
@@ -19,9 +20,15 @@ from shared_paths import REPO_ROOT
 
 
 def script(name: str):
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO_ROOT / "benchmarks" / f"{name}.py")
+    """The benchmark script ``benchmarks/<name>.py`` as a module, with its folder importable (as when run)."""
+    folder = str(REPO_ROOT / "benchmarks")
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", f"{folder}/{name}.py")
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    sys.path.insert(0, folder)
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(folder)
     return module
 
 
