@@ -341,6 +341,11 @@ def test_steps_for_k():
     model, x = build("conv_chain")
     assert steps_for_k(model, x, 1, ratio=0.5) == 36  # 72 prunable channels, half of them
     assert steps_for_k(model, x, 8, ratio=0.5) == 5
+    # sensitivity curves do not exist yet when the steps are counted: counted with equal fractions
+    assert steps_for_k(model, x, 8, ratio=0.5, allocation="sensitivity") == 5
+    sens = steps_for_k(model, x, 3, target_macs=0.5, allocation="sensitivity")
+    assert sens == steps_for_k(model, x, 3, target_macs=0.5, allocation="uniform")
+    assert sens != steps_for_k(model, x, 3, target_macs=0.5)  # global ranking removes another count here
     with pytest.raises(ValueError, match="k must be"):
         steps_for_k(model, x, 0, ratio=0.5)
 

@@ -15,6 +15,7 @@ import torch
 import filterprune.train as train_pkg
 from filterprune.api import load, prune, save, score
 from filterprune.cli.main import main
+from filterprune.criteria.car_greedy import steps_for_k
 from filterprune.graph.trace import trace_groups
 from filterprune.metrics import count
 from filterprune.models import create_model
@@ -120,6 +121,20 @@ def test_bad_allocation_flags_are_refused_in_one_line(base_weights, tmp_path, ex
     err = capsys.readouterr().err.strip()
     assert needle in err and "\n" not in err
     assert not out.exists()
+
+
+def test_car_greedy_with_sensitivity_allocation_measures_curves_at_every_step(base_weights, tmp_path):
+    # CAR's k= counts its steps before any curve exists (it was refused: "needs sensitivity curves");
+    # the count uses equal fractions, each step then measures its own curves and the target is met
+    out = tmp_path / "car"
+    assert main(_argv(base_weights, out, "--criterion", "car", "--criterion-options", "k=8,eval_images=64",
+                      *SENS)) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    model, x = load(base_weights), torch.randn(2, 1, 8, 8)
+    steps = steps_for_k(model, x, 8, options=SelectOptions(target_macs=0.5, allocation="uniform"))
+    assert steps > 1 and [e["step"] for e in summary["sensitivity"]] == list(range(1, steps + 1))
+    assert (out / f"sensitivity-step{steps}.json").is_file()
+    assert summary["macs"]["removed_fraction"] == pytest.approx(0.5, abs=0.02)
 
 
 def _resnet():

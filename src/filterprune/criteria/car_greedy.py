@@ -21,6 +21,7 @@ paper as a third-party summary describes it [V-3p]; k > 1 trades exactness for t
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Callable, Iterable
@@ -263,7 +264,8 @@ def steps_for_k(model: nn.Module, example_inputs: Inputs, k: int, *, options: An
     :class:`~filterprune.selection.SelectOptions`) or its keywords in ``select_options``.
 
     The channel count of the target is estimated with L1 scores (the count depends on which channels
-    go, hence "about"). ``fp.prune(..., "car", criterion_kwargs={"k": N})`` and ``filterprune prune
+    go, hence "about"); with ``allocation="sensitivity"`` it is estimated with ``"uniform"`` allocation,
+    since the curves are measured at each step, after this count is needed. ``fp.prune(..., "car", criterion_kwargs={"k": N})`` and ``filterprune prune
     --criterion car --criterion-options k=N`` both call this with the run's selection options.
 
     >>> from filterprune.models import create_model
@@ -275,6 +277,8 @@ def steps_for_k(model: nn.Module, example_inputs: Inputs, k: int, *, options: An
     if not isinstance(k, int) or isinstance(k, bool) or k < 1:
         raise ValueError(f"k must be a positive integer, got {k!r}")
     options = options if options is not None else SelectOptions(**select_options)
+    if options.mode == "sensitivity":  # the curves are measured per step, later: count with equal fractions
+        options = dataclasses.replace(options, allocation="uniform")
     groups = trace_groups(model, example_inputs, ignored_layers=ignored_layers)
     scores = create_criterion("l1").score(ScoringContext(model, example_inputs, groups))
     plan = select(model, example_inputs, groups, scores, options)
