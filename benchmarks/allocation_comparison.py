@@ -82,7 +82,7 @@ def markdown(rows: list[dict]) -> str:
     return head + body
 
 
-def plot_widths(rows: list[dict], path: Path) -> None:
+def plot_widths(rows: list[dict], path: Path, title: str = "ResNet-20 at -50% MACs: filters kept per layer") -> None:
     """Per-layer kept filters of every row, one line per row (matplotlib, Agg)."""
     import matplotlib
 
@@ -97,7 +97,7 @@ def plot_widths(rows: list[dict], path: Path) -> None:
         names = list(rows[0]["widths"])
         ax.set_xticks(range(len(names)), names, rotation=75, fontsize=7)
     ax.set_ylabel("filters kept")
-    ax.set_title("ResNet-20 at -50% MACs: filters kept per layer")
+    ax.set_title(title)
     ax.legend(fontsize=7, ncol=3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
