@@ -94,3 +94,25 @@ def test_bad_input_is_one_line_and_exit_2(argv, needle, capsys, tmp_path):
     assert main(["-q", *argv, *([] if argv[0] != "train" else ["--out", str(tmp_path / "o")])]) == 2
     err = capsys.readouterr().err.strip()
     assert needle in err and "\n" not in err and "Traceback" not in err
+
+
+def test_train_moves_the_model_to_its_device_before_the_first_evaluation(tmp_path, monkeypatch):
+    # On a GPU, `filterprune train` evaluated the starting model before fit() moved it: CUDA input, CPU
+    # weights ("Input type (torch.cuda.FloatTensor) and weight type (torch.FloatTensor)"). Here the
+    # training device is swapped for "meta" and the first evaluation stops the run.
+    import filterprune.workflows.train_run as train_run
+
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def first_evaluation(model, loader, device, *args, **kwargs):
+        seen.append((next(model.parameters()).device, torch.device(device)))
+        raise Stop
+
+    monkeypatch.setattr(train_run, "pick_device", lambda _device: torch.device("meta"))
+    monkeypatch.setattr(train_run, "evaluate", first_evaluation)
+    with pytest.raises(Stop):
+        train_run._train(train_run.RunConfig(model="convnet_small", data="digits"), tmp_path, False, False, None)
+    assert seen == [(torch.device("meta"), torch.device("meta"))]

@@ -51,3 +51,30 @@ def test_refuses_existing_out_and_bad_layer_before_work(tmp_path, capsys):
                "--layer", "nope:bits=3"])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "nope" in err and len(err.splitlines()) == 1
+
+
+def test_compress_moves_the_model_to_the_training_device_before_evaluating(tmp_path, monkeypatch):
+    # the same bug class as `filterprune train` on a GPU: the loaded (CPU) model was evaluated with
+    # device="cuda". The device is swapped for "meta" here; the first evaluation stops the run.
+    import filterprune.compression.pipeline as pipeline
+    from filterprune.compression.pipeline import CompressOptions, compress_model
+    from filterprune.config import TrainConfig
+    from filterprune.data import load_data
+
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def first_evaluation(model, loader, device, *args, **kwargs):
+        seen.append((next(model.parameters()).device, torch.device(device)))
+        raise Stop
+
+    monkeypatch.setattr(pipeline, "pick_device", lambda _device: torch.device("meta"))
+    monkeypatch.setattr(pipeline, "evaluate", first_evaluation)
+    model = create_model("convnet_small", num_classes=10, in_chans=1, image_size=8)
+    try:
+        compress_model(model, load_data("digits"), CompressOptions(), tmp_path / "c.safetensors", TrainConfig())
+    except Stop:
+        pass
+    assert seen == [(torch.device("meta"), torch.device("meta"))]

@@ -139,3 +139,27 @@ def test_max_abs_diff_by_hand():
     b = (torch.tensor([[1.5, -4.0]]), torch.zeros(0), torch.tensor([-1.0]))
     assert max_abs_diff(a, b) == (3.0, 4.0)  # max |a - b| over outputs, max |a|; empty outputs skipped
     assert max_abs_diff((torch.zeros(0),), (torch.zeros(0),)) == (0.0, 0.0)
+
+
+def test_the_check_compares_in_full_fp32_and_restores_the_tf32_flags():
+    # On a GPU, TF32 convolutions made an exact plan fail the check (2.5e-4 at scale 2.0 on ResNet-56,
+    # H200): both forwards must run with TF32 off, and the caller's flags come back afterwards.
+    model, x = build("residual")
+    seen = []
+    model.register_forward_pre_hook(
+        lambda *_: seen.append((torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)))
+    before = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        groups = trace_groups(model, x)
+        seen.clear()  # the trace's own forwards
+        apply_plan_checked(model, groups, PrunePlan({"stem": [2]}), x)
+        assert seen and set(seen) == {(False, False)}
+        assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == (True, True)
+        seen.clear()
+        with pytest.raises(PruningError):  # restored on the failure path too
+            apply_plan_checked(copy.deepcopy(build("residual")[0]), _mis_sliced(trace_groups(model, x)),
+                               PrunePlan({"stem": [2]}), x, rtol=0.0)
+        assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == (True, True)
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before

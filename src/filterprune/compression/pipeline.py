@@ -23,6 +23,7 @@ from torch import nn
 
 from ..config import TrainConfig
 from ..train.loop import evaluate, fit
+from ..utils.seed import pick_device
 from .container import decompress, size_report, write_compressed
 from .stages import MaskHook, SharingHook, compressible_layers, magnitude_masks, share_weights
 
@@ -210,9 +211,13 @@ def compress_model(model: nn.Module, splits, options: CompressOptions, out_path:
     test = BatchLoader(splits.test, cfg.eval_batch_size, train=False) if splits.test is not None else None
     stages: list[dict[str, Any]] = []
 
+    device = pick_device(cfg.device)
+    model.to(device)  # before the masks and codebooks are made from its tensors
+
     def record(stage: str, m: nn.Module, with_test: bool = True) -> dict[str, Any]:
-        row = {"stage": stage, "val_acc": evaluate(m, val, cfg.device)["acc"],
-               "test_acc": evaluate(m, test, cfg.device)["acc"] if test is not None and with_test else None,
+        m.to(device)  # the decompressed copy is read onto the CPU
+        row = {"stage": stage, "val_acc": evaluate(m, val, device)["acc"],
+               "test_acc": evaluate(m, test, device)["acc"] if test is not None and with_test else None,
                "nonzero_weights": _nonzeros(m)}
         stages.append(row)
         logger.info("%s: val acc %.2f, test acc %s, nonzero weights %d", stage, row["val_acc"], row["test_acc"],

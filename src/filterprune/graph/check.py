@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from torch import nn
 
 from ..errors import PruningError
-from ..utils.modes import evaluating
+from ..utils.modes import evaluating, full_fp32
 from ._tpgraph import Inputs, flat_outputs, forward
 from .groups import ChannelGroup, PrunePlan
 from .masking import masked_plan
@@ -45,8 +45,9 @@ def apply_plan_checked(
 ) -> float:
     """Apply ``plan`` and verify that the pruned model computes what the masked one did.
 
-    The comparison runs in eval mode on ``example_inputs``; the tolerance is ``rtol`` times the
-    largest output magnitude (plus 1e-6).
+    The comparison runs in eval mode on ``example_inputs``, in full float32 (TF32 off on GPUs,
+    :func:`~filterprune.utils.modes.full_fp32`); the tolerance is ``rtol`` times the largest output
+    magnitude (plus 1e-6).
 
     Returns:
         The max abs difference between masked and pruned outputs.
@@ -55,7 +56,7 @@ def apply_plan_checked(
         PruningError: the difference is above tolerance or the pruned model fails to run. The model
             has been modified by then.
     """
-    with evaluating(model):
+    with evaluating(model), full_fp32():  # TF32 convolutions on a GPU would differ by more than rtol
         with masked_plan(model, groups, plan):
             reference = forward(model, copy_inputs(example_inputs))
         apply_plan(model, groups, plan)

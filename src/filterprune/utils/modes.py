@@ -49,3 +49,19 @@ def evaluating(model: nn.Module, *, no_grad: bool = True) -> Iterator[None]:
         model.eval()
         with torch.no_grad() if no_grad else contextlib.nullcontext():
             yield
+
+
+@contextlib.contextmanager
+def full_fp32() -> Iterator[None]:
+    """float32 convolutions and matmuls at full precision inside the block (TF32 off), flags restored.
+
+    PyTorch lets cuDNN convolutions use TF32 by default on Ampere and later GPUs (10-bit mantissa), so
+    two float32 forwards of differently shaped but equivalent models differ by ~1e-4 of the output
+    scale: more than an exactness check allows. No effect on CPU.
+    """
+    cudnn, matmul = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = cudnn, matmul

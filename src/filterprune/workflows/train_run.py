@@ -124,6 +124,7 @@ def _train(cfg: RunConfig, out: Path, resume: bool, download: bool, command: str
     resume = resume and (out / "checkpoints").is_dir() and any((out / "checkpoints").glob("epoch_*.safetensors"))
 
     device = pick_device(cfg.train.device)
+    model.to(device)  # evaluated before fit() would move it: on CUDA the first pass met CPU weights
     start = evaluate(model, val, device)
     squeezed = None
     if cfg.csgd.squeeze_to > 0:  # C-SGD "train wider, then squeeze": centripetal training, then trim
