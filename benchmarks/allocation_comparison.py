@@ -7,6 +7,8 @@ bfloat16 autocast of the training forward on CPU (``--finetune-cpu-amp``; about 
 throughput on this AMX CPU), so its rows are not mixed with the float32 rows of
 ``standard_comparison_resnet20.json``. A run already finished is read, not re-run; an interrupted one is
 resumed (``--resume``). The table is written after every row, so a stopped sweep keeps what it measured.
+C-SGD's rows spend the 10 epochs in centripetal training with the smallest eps of ``CSGD_EPS`` whose
+predicted deviation is at most 1e-4 (:func:`csgd_eps`; recorded in the table with the official setting's).
 
 Command (from the repository root; one thread per run, two runs at most on 2 cores)::
 
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -31,6 +34,9 @@ BASE = "benchmarks/weights/resnet20_cifar10jpeg_base.safetensors"
 OUT = "benchmarks/results/allocation_comparison_resnet20"
 #: criterion options of the standard comparison (benchmarks/results/standard_comparison_resnet20.json)
 OPTIONS = {"car": "k=64,eval_images=1000"}
+OFFICIAL_EPS = (3e-3, 0.1)  # C-SGD's CIFAR setting: eps on kernels, vectors at 0.1 eps (Ding et al. 2019)
+#: centripetal strengths tried for C-SGD's rows (the smallest that collapses within the budget is used)
+CSGD_EPS = (0.01, 0.02, 0.03, 0.05, 0.1)
 
 
 def parse_row(text: str) -> tuple[str, str, int]:
@@ -39,6 +45,28 @@ def parse_row(text: str) -> tuple[str, str, int]:
     if len(parts) not in (2, 3) or not all(parts):
         raise argparse.ArgumentTypeError(f"row {text!r}: write criterion:allocation[:seed], e.g. l1:cost:0")
     return parts[0], parts[1], int(parts[2]) if len(parts) == 3 else 0
+
+
+def csgd_eps(epochs: int, batch_size: int, lr: float, candidates: list[float], train_images: int = 45000) -> dict:
+    """The smallest centripetal eps that collapses the clusters within the budget (vectors at 1.0 eps),
+    and the official setting's predicted deviation, from :func:`filterprune.methods.predicted_decay`."""
+    from filterprune.config import TrainConfig
+    from filterprune.methods.csgd import predicted_decay
+
+    cfg = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, schedule="cosine")
+    steps = math.ceil(train_images / batch_size)
+
+    def deviation(eps: float, ratio: float) -> float:
+        return max(predicted_decay(cfg, steps, cfg.weight_decay + eps), predicted_decay(cfg, steps, ratio * eps))
+
+    collapsing = [e for e in sorted(candidates) if deviation(e, 1.0) <= 1e-3]
+    chosen = next((e for e in collapsing if deviation(e, 1.0) <= 1e-4), max(candidates))  # 10x margin
+    return {"eps": chosen, "vector_ratio": 1.0, "deviation": deviation(chosen, 1.0),
+            "smallest_collapsing": {"eps": collapsing[0], "deviation": deviation(collapsing[0], 1.0)}
+            if collapsing else None,
+            "official": {"eps": OFFICIAL_EPS[0], "vector_ratio": OFFICIAL_EPS[1],
+                         "deviation": deviation(*OFFICIAL_EPS)},
+            "steps_per_epoch": steps, "epochs": epochs}
 
 
 def row_of(name: str, crit: str, alloc: str, seed: int, run_dir: Path, command: list[str]) -> dict:
@@ -116,13 +144,15 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     out = Path(args.out)
     table = out.with_suffix(".json")
+    eps = csgd_eps(args.epochs, 128, 0.01, list(CSGD_EPS))  # the fine-tune recipe's batch size and lr
+    options = {**OPTIONS, "csgd": f"centripetal={eps['eps']},vector_ratio={eps['vector_ratio']}"}
     for crit, alloc, seed in args.rows:
         name = f"{crit}-{alloc}-s{seed}"
         run_dir = Path(args.runs) / name
         cmd = [sys.executable, "-m", "filterprune", "-q", "prune", "--weights", args.weights, "--data", args.data,
                "--criterion", crit, "--target-macs", "0.5", "--allocation", alloc,
                "--finetune-epochs", str(args.epochs), "--finetune-seed", str(seed), "--finetune-cpu-amp",
-               "--out", str(run_dir), *(["--criterion-options", OPTIONS[crit]] if crit in OPTIONS else []),
+               "--out", str(run_dir), *(["--criterion-options", options[crit]] if crit in options else []),
                *args.extra]
         if not (run_dir / "summary.json").exists():
             t0 = time.perf_counter()
@@ -130,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}: {time.perf_counter() - t0:.0f} s", flush=True)
         rows = json.loads(table.read_text())["rows"] if table.exists() else []  # re-read: two sweeps may share it
         rows = [r for r in rows if r["row"] != name] + [row_of(name, crit, alloc, seed, run_dir, cmd)]
-        doc = {"protocol": __doc__.split("\n\n")[0] + " " + __doc__.split("\n\n")[1].replace("\n", " "),
+        doc = {"protocol": __doc__.split("\n\n")[0] + " " + __doc__.split("\n\n")[1].replace("\n", " "), "csgd_eps": eps,
                "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "rows": rows}
         tmp = table.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(doc, indent=2))

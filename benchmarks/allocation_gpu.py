@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import signal
 import subprocess
@@ -41,11 +40,10 @@ import sys
 import time
 from pathlib import Path
 
-from allocation_comparison import markdown, parse_row, plot_widths, row_of
+from allocation_comparison import csgd_eps, markdown, parse_row, plot_widths, row_of
 
 CRITERIA = ("l1", "random", "car", "pls-vip", "csgd")
 ALLOCATIONS = ("global", "sensitivity")
-OFFICIAL_EPS = (3e-3, 0.1)  # C-SGD's CIFAR setting: eps on kernels, vectors at 0.1 eps (Ding et al. 2019)
 
 
 def default_rows(seeds: int) -> list[tuple[str, str, int]]:
@@ -54,28 +52,6 @@ def default_rows(seeds: int) -> list[tuple[str, str, int]]:
     ``allocation_comparison_resnet20.json``)."""
     rows = [(c, a, 0) for c in CRITERIA for a in ALLOCATIONS]
     return rows + [r for s in range(1, seeds) for r in [("l1", "global", s), *((c, "sensitivity", s) for c in CRITERIA)]]
-
-
-def csgd_eps(epochs: int, batch_size: int, lr: float, candidates: list[float], train_images: int = 45000) -> dict:
-    """The smallest centripetal eps that collapses the clusters within the budget (vectors at 1.0 eps),
-    and the official setting's predicted deviation, from :func:`filterprune.methods.predicted_decay`."""
-    from filterprune.config import TrainConfig
-    from filterprune.methods.csgd import predicted_decay
-
-    cfg = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, schedule="cosine")
-    steps = math.ceil(train_images / batch_size)
-
-    def deviation(eps: float, ratio: float) -> float:
-        return max(predicted_decay(cfg, steps, cfg.weight_decay + eps), predicted_decay(cfg, steps, ratio * eps))
-
-    collapsing = [e for e in sorted(candidates) if deviation(e, 1.0) <= 1e-3]
-    chosen = next((e for e in collapsing if deviation(e, 1.0) <= 1e-4), max(candidates))  # 10x margin
-    return {"eps": chosen, "vector_ratio": 1.0, "deviation": deviation(chosen, 1.0),
-            "smallest_collapsing": {"eps": collapsing[0], "deviation": deviation(collapsing[0], 1.0)}
-            if collapsing else None,
-            "official": {"eps": OFFICIAL_EPS[0], "vector_ratio": OFFICIAL_EPS[1],
-                         "deviation": deviation(*OFFICIAL_EPS)},
-            "steps_per_epoch": steps, "epochs": epochs}
 
 
 def prune_command(args, weights: Path, crit: str, alloc: str, seed: int, run_dir: Path, eps: dict) -> list[str]:
