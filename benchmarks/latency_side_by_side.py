@@ -9,6 +9,14 @@ rows are the same architecture: the gap between them is the noise of the measure
 
 Writes benchmarks/results/latency_resnet20.json: per model and batch size, the median over rounds of
 each round's median latency, and the speed-up against the base next to the MACs ratio.
+
+``--from TABLE.json`` times the base and every row's checkpoint of an allocation table instead
+(``benchmarks/allocation_comparison.py``; rows of one architecture share a timing, so one row per
+criterion x allocation, the lowest seed), with :func:`filterprune.metrics.measure_side_by_side`
+(interleaved rounds, the median of per-round ratios to the base), and writes ``TABLE_latency.json``::
+
+    OMP_NUM_THREADS=1 python benchmarks/latency_side_by_side.py --threads 1 --rounds 9 \
+        --from benchmarks/results/allocation_comparison_resnet20.json
 """
 
 from __future__ import annotations
@@ -63,13 +71,46 @@ def main(rounds: int = 5) -> int:
     return 0
 
 
+def from_table(table: Path, rounds: int, batch_sizes=(1, 64)) -> int:
+    """Base and one checkpoint per architecture of ``table``'s rows, side by side; ``<table>_latency.json``."""
+    from filterprune.metrics import measure_side_by_side
+
+    doc = json.loads(table.read_text())
+    rows = sorted(doc["rows"], key=lambda r: r["seed"])
+    picked = {}
+    for r in rows:  # the fine-tune seed changes the weights, not the widths: one timing per architecture
+        picked.setdefault(f"{r['criterion']}-{r['allocation']}", r)
+    missing = [r["checkpoint"] for r in picked.values() if not Path(r["checkpoint"]).exists()]
+    if missing:
+        print(f"not timed (no checkpoint here): {', '.join(missing)}", file=sys.stderr)
+    nets = {"base": load(MODELS["base"]).eval()}
+    nets.update({k: load(r["checkpoint"]).eval() for k, r in picked.items() if Path(r["checkpoint"]).exists()})
+    x1 = torch.randn(1, 3, 32, 32)
+    base_macs = count(nets["base"], x1)[0]
+    out = {"command": " ".join(["python benchmarks/latency_side_by_side.py", *sys.argv[1:]]), "table": str(table),
+           "threads": torch.get_num_threads(), "macs_ratio": {k: count(n, x1)[0] / base_macs for k, n in nets.items()},
+           "env": environment(), "batch": {}}
+    for bs in batch_sizes:
+        r = measure_side_by_side(nets, torch.randn(bs, 3, 32, 32), rounds=rounds, repeats=10, warmup=3)
+        out["batch"][str(bs)] = r
+        for k, m in r["models"].items():
+            print(f"b={bs:3d} {k:24s} MACs x{out['macs_ratio'][k]:.3f} {m['median_ms']:8.2f} ms "
+                  f"reduction {m['reduction']:+.3f} speed-up/MACs-speed-up "
+                  f"{(1 / max(m['ratio'], 1e-12)) / (1 / out['macs_ratio'][k]):.2f}", flush=True)
+    path = table.with_name(table.stem + "_latency.json")
+    path.write_text(json.dumps(out, indent=2))
+    print(f"wrote {path}")
+    return 0
+
+
 if __name__ == "__main__":
     import argparse
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--from", dest="table", type=Path, help="an allocation table: time its rows' checkpoints")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    sys.exit(main(args.rounds))
+    sys.exit(from_table(args.table, args.rounds) if args.table else main(args.rounds))
