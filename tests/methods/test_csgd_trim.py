@@ -81,3 +81,22 @@ def test_trim_refuses_uncollapsed_clusters_unless_forced():
     result = trim(model, groups, clusters, example_inputs=x, force=True)
     assert result.deviation.max_relative > 0.1 and result.logit_diff > 1e-3
     assert model.stem.out_channels == 4
+
+
+def test_trim_comparisons_run_in_full_fp32_and_restore_the_tf32_flags():
+    # the trim's logit difference and the squeeze's permutation check compare two forwards: with TF32
+    # convolutions (PyTorch's GPU default) an exact trim reads ~1e-3, so both run with TF32 off
+    from filterprune.methods._trim import _outputs
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU())
+    seen = []
+    net.register_forward_pre_hook(
+        lambda *_: seen.append((torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)))
+    before = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        out = _outputs(net, torch.randn(2, 3, 8, 8))
+        assert seen == [(False, False)] and out.shape == (2 * 4 * 6 * 6,)
+        assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == (True, True)
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before

@@ -33,7 +33,7 @@ from ..graph.ops import layer_op
 from ..graph.surgery import apply_plan, is_depthwise, weight_dim
 from ..graph.trace import Inputs, flat_outputs, forward
 from ..types import NORM_LAYERS
-from ..utils.modes import evaluating
+from ..utils.modes import evaluating, full_fp32
 from ._clusters import Clusters, labels_of, shortcut_feeds
 from ._slots import Deviation, _module_params, clustered_params, deviation
 
@@ -165,7 +165,8 @@ def _average_outputs(module: nn.Module, idxs, cl: list[list[int]], size: int) ->
 
 
 def _outputs(model: nn.Module, example_inputs: Inputs) -> torch.Tensor:
-    with evaluating(model):
+    """Flat float32 outputs in eval mode, TF32 off: they are compared across a trim or a permutation."""
+    with evaluating(model), full_fp32():
         return torch.cat([t.detach().float().flatten() for t in flat_outputs(forward(model, example_inputs))])
 
 
