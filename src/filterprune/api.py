@@ -333,6 +333,7 @@ def prune(
     if getattr(crit, "scope", None) == "layer":
         _check_inputs(model, example_inputs)
         return car_layer_prune(model, example_inputs, crit, data, layer_ratios, targets=targets, steps=steps,
+                               allocation=allocation,
                                after_step=None if finetune is None else functools.partial(finetune, model),
                                ignored_layers=ignored_layers, min_channels=min_channels, num_batches=num_batches)
     options = None
@@ -434,19 +435,21 @@ def car_layer_prune(model: nn.Module, example_inputs: Inputs, crit: Any, data: I
                     layer_ratios: dict[str, float], *, targets: dict[str, float | None] | None = None, steps: int = 1,
                     after_step: Callable[[int], Any] | None = None, stage: Callable[..., Any] | None = None,
                     ignored_layers: Sequence[str | nn.Module] | None = None, min_channels: int = 1,
-                    num_batches: int | None = None, base: tuple[int, int, dict[str, int]] | None = None
-                    ) -> PruneReport:
+                    num_batches: int | None = None, base: tuple[int, int, dict[str, int]] | None = None,
+                    allocation: str = "global") -> PruneReport:
     """CAR's ``scope=layer`` (the paper's setting) as :func:`prune` and ``filterprune prune`` run it: greedy
     inside each layer of ``layer_ratios``, ``crit.k`` filters per step (default 1), ``after_step(step)``
     after each (:func:`~filterprune.criteria.car_greedy.car_prune_layers`). ``base``: MACs, params and
-    conv widths of the unpruned model (default: counted now).
+    conv widths of the unpruned model (default: counted now). ``allocation``: the caller's, refused
+    unless ``"global"`` (the layer fractions are given).
 
     Raises:
-        ValueError: a network-wide target, no ``layer_ratios``, ``steps`` other than 1, or no data.
+        ValueError: a network-wide target, an allocation, no ``layer_ratios``, ``steps`` other than 1, or
+            no data.
     """
     from .criteria.car_greedy import car_prune_layers, check_layer_scope
 
-    check_layer_scope(targets or {}, layer_ratios, steps)
+    check_layer_scope(targets or {}, layer_ratios, steps, allocation)
     if base is None:
         macs, params = default_counter()(model, example_inputs)
         base = (int(macs), int(params), conv_widths(model))

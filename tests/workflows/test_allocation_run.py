@@ -137,6 +137,24 @@ def test_car_greedy_with_sensitivity_allocation_measures_curves_at_every_step(ba
     assert summary["macs"]["removed_fraction"] == pytest.approx(0.5, abs=0.02)
 
 
+@pytest.mark.parametrize("allocation", ["uniform", "cost", "sensitivity"])
+def test_car_layer_scope_refuses_an_allocation_in_one_line(base_weights, tmp_path, allocation, capsys):
+    # scope=layer prunes the --layer-ratio layers by their own fractions: an allocation was silently
+    # ignored (the summary said "sensitivity", nothing was measured)
+    out = tmp_path / "layer"
+    argv = ["-q", "prune", "--weights", str(base_weights), "--data", "digits", "--criterion", "car",
+            "--criterion-options", "scope=layer,k=1,eval_images=64", "--layer-ratio", "features.0=0.5",
+            "--allocation", allocation, "--finetune-epochs", "0", "--finetune-device", "cpu", "--out", str(out)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"allocation {allocation!r} does not apply (drop --allocation)" in err and "\n" not in err
+    assert not out.exists()
+    model, x = load(base_weights), torch.randn(2, 1, 8, 8)
+    with pytest.raises(ValueError, match="does not apply"):
+        prune(model, x, "car", data=[(torch.randn(4, 1, 8, 8), torch.randint(0, 10, (4,)))],
+              criterion_kwargs={"scope": "layer"}, layer_ratios={"features.0": 0.5}, allocation=allocation)
+
+
 def _resnet():
     torch.manual_seed(0)
     return create_model("resnet20", width_mult=0.25).eval(), torch.randn(2, 3, 16, 16)

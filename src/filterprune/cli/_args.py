@@ -323,7 +323,7 @@ def check_prune(p: PruneConfig) -> None:
 
         try:
             check_layer_scope({"target_macs": p.target_macs, "target_params": p.target_params, "ratio": p.ratio,
-                               "target_latency": p.target_latency}, p.layer_ratios(), p.steps)
+                               "target_latency": p.target_latency}, p.layer_ratios(), p.steps, p.allocation)
         except ValueError as e:
             raise config_error("prune.criterion_options", str(e)) from None
         if p.step_ratio is not None:

@@ -162,16 +162,21 @@ def car_prune_layer(
     return LayerPruneResult(group.id, removed, plan, history, engine.fast)
 
 
-def check_layer_scope(targets: dict[str, Any], layer_ratios: dict[str, float], steps: int) -> None:
+def check_layer_scope(targets: dict[str, Any], layer_ratios: dict[str, float], steps: int,
+                      allocation: str = "global") -> None:
     """Refuse a request CAR's ``scope=layer`` cannot serve: it prunes exactly the layers of
     ``layer_ratios`` (``--layer-ratio NAME=R``), in as many steps as ``k`` makes.
 
     Raises:
-        ValueError: a network-wide target is given, no layer ratio is, or ``steps`` is not 1.
+        ValueError: a network-wide target is given, an allocation other than ``"global"`` (the layer
+            fractions are given, nothing is allocated), no layer ratio, or ``steps`` is not 1.
     """
     given = [k for k, v in targets.items() if v is not None]
     if given:
         raise ValueError(f"CAR scope=layer prunes only the --layer-ratio layers (layer_ratios); drop {given[0]}")
+    if allocation != "global":
+        raise ValueError(f"CAR scope=layer prunes each --layer-ratio layer by its own fraction: allocation "
+                         f"{allocation!r} does not apply (drop --allocation)")
     if not layer_ratios:
         raise ValueError("CAR scope=layer needs the layers and fractions: --layer-ratio NAME=R (layer_ratios={NAME: R})")
     if steps != 1:

@@ -195,7 +195,8 @@ def run_car(job: PruneJob) -> MethodResult:
             job.model, job.x, crit, data, p.layer_ratios(),
             targets={"target_macs": p.target_macs, "target_params": p.target_params, "ratio": p.ratio,
                      "target_latency": p.target_latency},
-            steps=p.steps, after_step=None if finetune is None else lambda st: finetune(f"step{st}.finetune"),
+            steps=p.steps, allocation=p.allocation,
+            after_step=None if finetune is None else lambda st: finetune(f"step{st}.finetune"),
             stage=job.runner.stage, ignored_layers=list(p.ignore) or None, min_channels=p.min_channels,
             num_batches=p.num_batches, base=(job.baseline.macs, job.baseline.params, job.widths_before)))
     steps = p.steps
