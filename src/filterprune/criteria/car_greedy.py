@@ -270,8 +270,9 @@ def steps_for_k(model: nn.Module, example_inputs: Inputs, k: int, *, options: An
 
     The channel count of the target is estimated with L1 scores (the count depends on which channels
     go, hence "about"); with ``allocation="sensitivity"`` it is estimated with ``"uniform"`` allocation,
-    since the curves are measured at each step, after this count is needed. ``fp.prune(..., "car", criterion_kwargs={"k": N})`` and ``filterprune prune
-    --criterion car --criterion-options k=N`` both call this with the run's selection options.
+    since the curves are measured at each step, after this count is needed. ``fp.prune(..., "car",
+    criterion_kwargs={"k": N})`` and ``filterprune prune --criterion car --criterion-options k=N`` both
+    call this with the run's selection options.
 
     >>> from filterprune.models import create_model
     >>> steps_for_k(create_model("resnet20"), torch.randn(2, 3, 32, 32), 64, ratio=0.5)
