@@ -78,8 +78,9 @@ def latency(args, base: Path, rows: list[dict]) -> dict:
 
     from filterprune.api import load
     from filterprune.metrics import measure_side_by_side
+    from filterprune.utils.seed import pick_device
 
-    dev = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = pick_device(args.device)
     models = {"base": load(base).to(dev).eval()}
     models.update({r["row"]: load(r["checkpoint"]).to(dev).eval() for r in rows if r["seed"] == 0})
     out = {}
@@ -175,11 +176,10 @@ def main(argv: list[str] | None = None) -> int:
             crit, alloc, seed = queue.pop(0)
             name = f"{crit}-{alloc}-s{seed}"
             run_dir = runs / name
-            if (run_dir / "summary.json").exists():
-                table.add(row_of(name, crit, alloc, seed, run_dir, prune_command(args, weights, crit, alloc, seed,
-                                                                                run_dir, eps)))
-                continue
             cmd = prune_command(args, weights, crit, alloc, seed, run_dir, eps)
+            if (run_dir / "summary.json").exists():
+                table.add(row_of(name, crit, alloc, seed, run_dir, cmd))
+                continue
             log = open(runs / f"{name}.log", "a")  # noqa: SIM115 (closed with the process, below)
             proc = subprocess.Popen(cmd + (["--resume"] if run_dir.exists() else []), stdout=log,
                                     stderr=subprocess.STDOUT)

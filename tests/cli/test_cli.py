@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+from device_probes import StopRun, stop_at_first_evaluation
 from filterprune.api import load
 from filterprune.checkpoint import read_checkpoint
 from filterprune.cli.main import main
@@ -102,17 +103,7 @@ def test_train_moves_the_model_to_its_device_before_the_first_evaluation(tmp_pat
     # training device is swapped for "meta" and the first evaluation stops the run.
     import filterprune.workflows.train_run as train_run
 
-    seen = []
-
-    class Stop(Exception):
-        pass
-
-    def first_evaluation(model, loader, device, *args, **kwargs):
-        seen.append((next(model.parameters()).device, torch.device(device)))
-        raise Stop
-
-    monkeypatch.setattr(train_run, "pick_device", lambda _device: torch.device("meta"))
-    monkeypatch.setattr(train_run, "evaluate", first_evaluation)
-    with pytest.raises(Stop):
+    seen = stop_at_first_evaluation(monkeypatch, train_run)
+    with pytest.raises(StopRun):
         train_run._train(train_run.RunConfig(model="convnet_small", data="digits"), tmp_path, False, False, None)
     assert seen == [(torch.device("meta"), torch.device("meta"))]

@@ -6,6 +6,7 @@ import json
 
 import torch
 
+from device_probes import StopRun, stop_at_first_evaluation
 from filterprune.api import save
 from filterprune.cli.main import main
 from filterprune.compression import decompress, size_report
@@ -61,20 +62,10 @@ def test_compress_moves_the_model_to_the_training_device_before_evaluating(tmp_p
     from filterprune.config import TrainConfig
     from filterprune.data import load_data
 
-    seen = []
-
-    class Stop(Exception):
-        pass
-
-    def first_evaluation(model, loader, device, *args, **kwargs):
-        seen.append((next(model.parameters()).device, torch.device(device)))
-        raise Stop
-
-    monkeypatch.setattr(pipeline, "pick_device", lambda _device: torch.device("meta"))
-    monkeypatch.setattr(pipeline, "evaluate", first_evaluation)
+    seen = stop_at_first_evaluation(monkeypatch, pipeline)
     model = create_model("convnet_small", num_classes=10, in_chans=1, image_size=8)
     try:
         compress_model(model, load_data("digits"), CompressOptions(), tmp_path / "c.safetensors", TrainConfig())
-    except Stop:
+    except StopRun:
         pass
     assert seen == [(torch.device("meta"), torch.device("meta"))]

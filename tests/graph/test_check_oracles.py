@@ -16,6 +16,7 @@ import re
 import pytest
 import torch
 
+from device_probes import record_tf32, tf32_enabled, tf32_flags
 from filterprune.errors import PruningError
 from filterprune.graph.check import apply_plan_checked, max_abs_diff
 from filterprune.graph.groups import PrunePlan
@@ -145,21 +146,15 @@ def test_the_check_compares_in_full_fp32_and_restores_the_tf32_flags():
     # On a GPU, TF32 convolutions made an exact plan fail the check (2.5e-4 at scale 2.0 on ResNet-56,
     # H200): both forwards must run with TF32 off, and the caller's flags come back afterwards.
     model, x = build("residual")
-    seen = []
-    model.register_forward_pre_hook(
-        lambda *_: seen.append((torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)))
-    before = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
-    try:
+    seen = record_tf32(model)
+    with tf32_enabled():
         groups = trace_groups(model, x)
         seen.clear()  # the trace's own forwards
         apply_plan_checked(model, groups, PrunePlan({"stem": [2]}), x)
         assert seen and set(seen) == {(False, False)}
-        assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == (True, True)
+        assert tf32_flags() == (True, True)
         seen.clear()
         with pytest.raises(PruningError):  # restored on the failure path too
             apply_plan_checked(copy.deepcopy(build("residual")[0]), _mis_sliced(trace_groups(model, x)),
                                PrunePlan({"stem": [2]}), x, rtol=0.0)
-        assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == (True, True)
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
+        assert tf32_flags() == (True, True)

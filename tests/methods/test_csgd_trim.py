@@ -7,6 +7,7 @@ import pytest
 import torch
 from csgd_helpers import RandomLoader, fast_bn, plain_sgd
 
+from device_probes import record_tf32, tf32_enabled, tf32_flags
 from filterprune.errors import PruningError
 from filterprune.graph.surgery import dim_size
 from filterprune.graph.trace import trace_groups
@@ -89,14 +90,8 @@ def test_trim_comparisons_run_in_full_fp32_and_restore_the_tf32_flags():
     from filterprune.methods._trim import _outputs
 
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU())
-    seen = []
-    net.register_forward_pre_hook(
-        lambda *_: seen.append((torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)))
-    before = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
-    try:
+    seen = record_tf32(net)
+    with tf32_enabled():
         out = _outputs(net, torch.randn(2, 3, 8, 8))
         assert seen == [(False, False)] and out.shape == (2 * 4 * 6 * 6,)
-        assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == (True, True)
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
+        assert tf32_flags() == (True, True)
