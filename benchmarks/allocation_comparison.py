@@ -9,6 +9,9 @@ throughput on this AMX CPU), so its rows are not mixed with the float32 rows of
 resumed (``--resume``). The table is written after every row, so a stopped sweep keeps what it measured.
 C-SGD's rows spend the 10 epochs in centripetal training with the smallest eps of ``CSGD_EPS`` whose
 predicted deviation is at most 1e-4 (:func:`csgd_eps`; recorded in the table with the official setting's).
+A fourth field names a paper-faithful schedule of :data:`VARIANTS` (``car:global:0:paper``): the same
+10 epochs, part of them spent between pruning steps; its ``pruned`` accuracies are measured after the last
+removal, so after the fine-tuning between steps.
 
 Command (from the repository root; one thread per run, two runs at most on 2 cores)::
 
@@ -39,12 +42,39 @@ OFFICIAL_EPS = (3e-3, 0.1)  # C-SGD's CIFAR setting: eps on kernels, vectors at 
 CSGD_EPS = (0.01, 0.02, 0.03, 0.05, 0.1)
 
 
+#: paper-faithful schedules (issue #15) in the same fine-tune budget: criterion options replacing
+#: :data:`OPTIONS`, prune flags, and the epochs those flags spend between steps (the final fine-tune gets
+#: the rest). CAR: k=32 filters per greedy step (5 steps at -50% MACs) with 1 epoch after each, against
+#: the table's k=64 (2 steps, no retraining between them). PLS+VIP: 20% of the remaining filters per
+#: iteration (3 iterations) with 3 epochs between them, against the standard comparison's 10% with 1 epoch
+#: (5 iterations; the official code trains 10 epochs per iteration).
+VARIANTS = {
+    ("car", "paper"): {"options": "k=32,eval_images=1000", "flags": ["--step-finetune-epochs", "1"], "spent": 5,
+                       "label": "k=32, 1 epoch after each of 5 steps"},
+    ("pls-vip", "paper"): {"options": None, "flags": ["--step-ratio", "0.2", "--step-finetune-epochs", "3"],
+                           "spent": 6, "label": "p=0.2, 3 epochs between 3 iterations"},
+}
+
+
+def parse_spec(text: str) -> tuple[str, str, int, str]:
+    """``criterion:allocation[:seed[:variant]]`` -> the tuple (seed 0 and variant "" when left out); one
+    clear error otherwise, naming the known variants."""
+    parts = text.split(":")
+    if len(parts) not in (2, 3, 4) or not all(parts):
+        raise argparse.ArgumentTypeError(f"row {text!r}: write criterion:allocation[:seed[:variant]], e.g. l1:cost:0")
+    variant = parts[3] if len(parts) == 4 else ""
+    if variant and (parts[0], variant) not in VARIANTS:
+        known = ", ".join(f"{c}:...:{v}" for c, v in VARIANTS)
+        raise argparse.ArgumentTypeError(f"row {text!r}: no variant {variant!r} for {parts[0]} (known: {known})")
+    return parts[0], parts[1], int(parts[2]) if len(parts) >= 3 else 0, variant
+
+
 def parse_row(text: str) -> tuple[str, str, int]:
     """``criterion:allocation:seed`` (seed optional, 0) -> the tuple; one clear error otherwise."""
-    parts = text.split(":")
-    if len(parts) not in (2, 3) or not all(parts):
-        raise argparse.ArgumentTypeError(f"row {text!r}: write criterion:allocation[:seed], e.g. l1:cost:0")
-    return parts[0], parts[1], int(parts[2]) if len(parts) == 3 else 0
+    crit, alloc, seed, variant = parse_spec(text)
+    if variant:
+        raise argparse.ArgumentTypeError(f"row {text!r}: variants are run by allocation_comparison.py only")
+    return crit, alloc, seed
 
 
 def csgd_eps(epochs: int, batch_size: int, lr: float, candidates: list[float], train_images: int = 45000) -> dict:
@@ -69,7 +99,7 @@ def csgd_eps(epochs: int, batch_size: int, lr: float, candidates: list[float], t
             "steps_per_epoch": steps, "epochs": epochs}
 
 
-def row_of(name: str, crit: str, alloc: str, seed: int, run_dir: Path, command: list[str]) -> dict:
+def row_of(name: str, crit: str, alloc: str, seed: int, run_dir: Path, command: list[str], variant: str = "") -> dict:
     """The table row of a finished run (its ``summary.json``, ``sensitivity.json`` when measured)."""
     s = json.loads((run_dir / "summary.json").read_text())
     sens = run_dir / "sensitivity.json"
@@ -77,6 +107,8 @@ def row_of(name: str, crit: str, alloc: str, seed: int, run_dir: Path, command: 
     epoch_s = [r.get("epoch_time_s") for r in _metrics(run_dir) if r.get("epoch_time_s")]
     return {
         "row": name, "criterion": crit, "allocation": alloc, "seed": seed,
+        **({"variant": variant, "schedule": VARIANTS[crit, variant]["label"],
+            "between_step_epochs": _between_step_epochs(run_dir, s)} if variant else {}),
         "base_val": s["base"]["val_acc"], "base_test": s["base"]["test_acc"],
         "pruned_val": s["pruned"]["val_acc"], "pruned_test": s["pruned"]["test_acc"],
         "finetuned_val": s["finetuned"]["val_acc"], "finetuned_test": s["finetuned"]["test_acc"],
@@ -91,6 +123,14 @@ def row_of(name: str, crit: str, alloc: str, seed: int, run_dir: Path, command: 
     }
 
 
+def _between_step_epochs(run_dir: Path, summary: dict) -> int:
+    """Epochs the run spent fine-tuning between pruning steps: its finished ``*.finetune`` stages (one per
+    step for CAR's ``k=``, one per iteration but the last for ``--step-ratio``) x ``step_finetune_epochs``."""
+    stages = json.loads((run_dir / "run_state.json").read_text())["stages"]
+    done = [st for st in stages if st["name"].endswith(".finetune") and st.get("done")]
+    return len(done) * summary["config"]["prune"]["step_finetune_epochs"]
+
+
 def _metrics(run_dir: Path) -> list[dict]:
     path = run_dir / "metrics.jsonl"
     if not path.exists():
@@ -103,7 +143,7 @@ def markdown(rows: list[dict]) -> str:
     head = ("| criterion | allocation | seed | pruned val/test | fine-tuned val/test | MACs | params |\n"
             "|---|---|---|---|---|---|---|\n")
     body = "".join(
-        f"| {r['criterion']} | {r['allocation']} | {r['seed']} | {r['pruned_val']:.2f} / {r['pruned_test']:.2f} "
+        f"| {r['criterion']}{' (' + r['schedule'] + ')' if r.get('schedule') else ''} | {r['allocation']} | {r['seed']} | {r['pruned_val']:.2f} / {r['pruned_test']:.2f} "
         f"| {r['finetuned_val']:.2f} / {r['finetuned_test']:.2f} "
         f"| {r['macs'] / 1e6:.2f}M ({r['macs'] / r['macs_base']:.3f}) "
         f"| {r['params'] / 1e3:.1f}k ({r['params'] / r['params_base']:.3f}) |\n" for r in rows)
@@ -134,7 +174,7 @@ def plot_widths(rows: list[dict], path: Path, title: str = "ResNet-20 at -50% MA
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rows", nargs="+", type=parse_row, required=True, help="criterion:allocation[:seed] ...")
+    ap.add_argument("--rows", nargs="+", type=parse_spec, required=True, help="criterion:allocation[:seed[:variant]] ...")
     ap.add_argument("--data", default="../shared/data/cifar10")
     ap.add_argument("--weights", default=BASE)
     ap.add_argument("--epochs", type=int, default=10, help="fine-tune epochs (the protocol says 10)")
@@ -146,20 +186,23 @@ def main(argv: list[str] | None = None) -> int:
     table = out.with_suffix(".json")
     eps = csgd_eps(args.epochs, 128, 0.01, list(CSGD_EPS))  # the fine-tune recipe's batch size and lr
     options = {**OPTIONS, "csgd": f"centripetal={eps['eps']},vector_ratio={eps['vector_ratio']}"}
-    for crit, alloc, seed in args.rows:
-        name = f"{crit}-{alloc}-s{seed}"
+    for crit, alloc, seed, variant in args.rows:
+        name = f"{crit}-{alloc}-s{seed}" + (f"-{variant}" if variant else "")
         run_dir = Path(args.runs) / name
+        v = VARIANTS.get((crit, variant), {"options": options.get(crit), "flags": [], "spent": 0})
+        if v["spent"] >= args.epochs:
+            raise SystemExit(f"row {name}: its schedule spends {v['spent']} epochs between steps; give --epochs > that")
         cmd = [sys.executable, "-m", "filterprune", "-q", "prune", "--weights", args.weights, "--data", args.data,
                "--criterion", crit, "--target-macs", "0.5", "--allocation", alloc,
-               "--finetune-epochs", str(args.epochs), "--finetune-seed", str(seed), "--finetune-cpu-amp",
-               "--out", str(run_dir), *(["--criterion-options", options[crit]] if crit in options else []),
-               *args.extra]
+               "--finetune-epochs", str(args.epochs - v["spent"]), "--finetune-seed", str(seed), "--finetune-cpu-amp",
+               "--out", str(run_dir), *(["--criterion-options", v["options"]] if v["options"] else []),
+               *v["flags"], *args.extra]
         if not (run_dir / "summary.json").exists():
             t0 = time.perf_counter()
             subprocess.run(cmd + (["--resume"] if run_dir.exists() else []), check=True)
             print(f"{name}: {time.perf_counter() - t0:.0f} s", flush=True)
         rows = json.loads(table.read_text())["rows"] if table.exists() else []  # re-read: two sweeps may share it
-        rows = [r for r in rows if r["row"] != name] + [row_of(name, crit, alloc, seed, run_dir, cmd)]
+        rows = [r for r in rows if r["row"] != name] + [row_of(name, crit, alloc, seed, run_dir, cmd, variant)]
         doc = {"protocol": __doc__.split("\n\n")[0] + " " + __doc__.split("\n\n")[1].replace("\n", " "), "csgd_eps": eps,
                "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "rows": rows}
         tmp = table.with_suffix(".json.tmp")

@@ -24,7 +24,7 @@ OPTIONS = "centripetal=0.1,vector_ratio=1.0"
 if __name__ == "__main__":
     sys.exit(main([
         "prune", "--weights", "benchmarks/weights/resnet20_cifar10jpeg_base.safetensors",
-        "--data", "../shared/data/cifar10", "--criterion", "csgd", "--target-macs", "0.5",
+        "--data", "../shared/data/cifar10", "--criterion", "csgd", "--target-macs", "0.5", "--allocation", "global",
         "--finetune-epochs", "10", "--out", "runs/csgd_standard/csgd", "--criterion-options", OPTIONS,
         *sys.argv[1:],
     ]))

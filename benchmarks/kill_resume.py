@@ -81,7 +81,7 @@ def main() -> int:
 
 BASE = ["--model", "convnet_small", "--data", "digits", "--epochs", "6", "--batch-size", "64", "--lr", "0.05",
         "--device", "cpu"]
-PRUNE = ["--data", "digits", "--finetune-device", "cpu", "--finetune-batch-size", "64"]
+PRUNE = ["--data", "digits", "--finetune-device", "cpu", "--finetune-batch-size", "64", "--allocation", "global"]
 METHODS = {
     "car": (["--criterion", "car", "--criterion-options", "eval_images=500", "--target-macs", "0.5",
              "--finetune-epochs", "2"], "step1.score", None),

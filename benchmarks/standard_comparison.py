@@ -69,7 +69,7 @@ def main(argv=None) -> int:
     for crit in args.criteria:
         run_dir = Path(args.runs) / crit
         cmd = [sys.executable, "-m", "filterprune", "-q", "prune", "--weights", args.weights, "--data", args.data,
-               "--criterion", crit, "--target-macs", "0.5", "--finetune-epochs", str(args.epochs),
+               "--criterion", crit, "--target-macs", "0.5", "--allocation", "global", "--finetune-epochs", str(args.epochs),
                "--out", str(run_dir), *args.extra]
         if not (run_dir / "summary.json").exists():
             subprocess.run(cmd, check=True)

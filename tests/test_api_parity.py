@@ -37,9 +37,10 @@ def splits():
 
 def cli_prune(weights: str, out, *flags: str) -> dict:
     # fp.prune re-calibrates no BatchNorm by itself (fp.recalibrate_bn is its own call): the CLI's
-    # default --bn-recalibrate 256 is turned off to compare the pruning alone
+    # default --bn-recalibrate 256 is turned off to compare the pruning alone; and the API's default
+    # allocation (global) is asked for: the CLI's auto would measure sensitivity curves
     argv = ["-q", "prune", "--weights", weights, "--data", "digits", "--finetune-device", "cpu",
-            "--finetune-epochs", "0", "--bn-recalibrate", "0", "--out", str(out), *flags]
+            "--finetune-epochs", "0", "--bn-recalibrate", "0", "--allocation", "global", "--out", str(out), *flags]
     assert main(argv) == 0
     return json.loads((out / "summary.json").read_text())
 

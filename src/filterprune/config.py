@@ -367,7 +367,10 @@ class PruneConfig:
         allocation: how the target is shared among groups: global (one ranking of normalised scores),
             uniform (the same fraction of every group), cost (normalised score per unit of the target's
             MACs/params saved), sensitivity (per-group curves measured on validation images, pruned to an
-            equal predicted drop; cached in sensitivity.json).
+            equal predicted drop; cached in sensitivity.json), auto: sensitivity where it applies (a
+            MACs/params/ratio/latency target; it won for every criterion of the allocation comparison),
+            global where it does not (--step-ratio, CAR scope=layer, --layer-ratio alone, --global-ranking
+            false).
         sensitivity_points: sensitivity allocation: ratios measured per group, k/(N+1) for k=1..N.
         sensitivity_metric: sensitivity allocation: the drop of loss (validation cross-entropy) or acc.
         sensitivity_images: sensitivity allocation: validation images per measurement (a fixed, seeded
@@ -400,7 +403,7 @@ class PruneConfig:
     normalize: str | None = None
     schedule: str = "geometric"
     layer_ratio: tuple[str, ...] = ()
-    allocation: str = "global"
+    allocation: str = "auto"
     sensitivity_points: int = 9
     sensitivity_metric: str = "loss"
     sensitivity_images: int = 1024
@@ -429,15 +432,30 @@ class PruneConfig:
         """``criterion_options`` as a dict: ``"a=1,b=max"`` -> ``{"a": 1, "b": "max"}``."""
         return parse_options(self.criterion_options)
 
+    def allocation_mode(self) -> str:
+        """The allocation this run uses: ``allocation``, or for ``"auto"`` (the default) ``"sensitivity"``
+        where a network-wide target is shared among groups by one ranking, else ``"global"``: with
+        ``step_ratio`` (its iterations rank raw scores), CAR ``scope=layer`` and ``layer_ratio`` alone (the
+        fractions are given) and ``global_ranking`` off (uniform). The default follows
+        ``benchmarks/results/allocation_comparison_resnet20.md`` (issue #15): sensitivity allocation gave
+        the best fine-tuned accuracy for every criterion, at the cost of a pass of about 2 fine-tune epochs
+        on ResNet-20."""
+        if self.allocation != "auto":
+            return self.allocation
+        targets = (self.target_macs, self.target_params, self.ratio, self.target_latency)
+        applies = (self.step_ratio is None and self.global_ranking and any(v is not None for v in targets)
+                   and self.criterion_kwargs().get("scope") != "layer")
+        return "sensitivity" if applies else "global"
+
     def _check_selection(self) -> None:
         check_fields(self, {"max_ratio": (lambda v: _real(v) and 0 < v <= 1, "must be a fraction in (0, 1]")})
         if self.normalize not in (None, "mean", "max", "l2", "none"):  # selection.NORMALIZERS
             raise config_error("normalize", f"must be mean, max, l2 or none, got {self.normalize!r}")
         if self.schedule not in ("geometric", "linear"):  # api.SCHEDULES
             raise config_error("schedule", f"must be geometric or linear, got {self.schedule!r}")
-        if self.allocation not in ("global", "uniform", "cost", "sensitivity"):  # selection.ALLOCATIONS
-            raise config_error("allocation", f"must be global, uniform, cost or sensitivity, got {self.allocation!r}")
-        if not self.global_ranking and self.allocation not in ("global", "uniform"):
+        if self.allocation not in ("auto", "global", "uniform", "cost", "sensitivity"):  # + selection.ALLOCATIONS
+            raise config_error("allocation", f"must be auto, global, uniform, cost or sensitivity, got {self.allocation!r}")
+        if not self.global_ranking and self.allocation not in ("auto", "global", "uniform"):
             raise config_error("allocation", f"cannot be {self.allocation} with global_ranking off (that is uniform)")
         if self.sensitivity_metric not in ("loss", "acc"):  # selection.sensitivity.METRICS
             raise config_error("sensitivity_metric", f"must be loss or acc, got {self.sensitivity_metric!r}")

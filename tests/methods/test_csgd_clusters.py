@@ -1,9 +1,14 @@
 """C-SGD clustering: even split, seeded k-means, tied groups, option-A shortcut constraints."""
 
+import copy
+
 import pytest
 import torch
 
+from filterprune.criteria import ScoringContext, create_criterion
 from filterprune.errors import PruningError
+from filterprune.graph.groups import PrunePlan
+from filterprune.graph.surgery import apply_plan
 from filterprune.graph.trace import trace_groups
 from filterprune.methods import (
     check_shortcuts,
@@ -15,8 +20,9 @@ from filterprune.methods import (
     target_widths,
 )
 from filterprune.methods._clusters import group_features, shortcut_feeds
+from filterprune.metrics import count
 from filterprune.models import create_model
-from filterprune.selection import SelectOptions
+from filterprune.selection import SelectOptions, select
 from models_zoo import build
 
 
@@ -83,3 +89,34 @@ def test_target_widths_come_from_selection():
     groups = trace_groups(model, x)
     widths = target_widths(model, x, groups, SelectOptions(ratio=0.5, global_ranking=False))
     assert widths == {"block1.0": 8, "block2.0": 12, "block3.0": 16}
+
+
+def _macs_removed(model, x, groups, clusters):
+    """Independent count: prune a copy to one channel per cluster (the trim's widths), count its MACs."""
+    net = copy.deepcopy(model)
+    plan = PrunePlan({gid: sorted(c for cl in cls for c in cl[1:]) for gid, cls in clusters.items()})
+    apply_plan(net, trace_groups(net, x, probe=False), plan)
+    return 1 - count(net, x)[0] / count(model, x)[0]
+
+
+def test_csgd_widths_meet_the_macs_target_where_shortcut_ties_bind():
+    # Issue 15's csgd:cost row removed 60% of the MACs for a -50% target: selection cut the stage-1
+    # residual group to 1 channel, and the option-A shortcut then merged the 16 stage-2 channels it feeds
+    # into one cluster (and 17 stage-2 clusters the 32 fed stage-3 channels), so the trim removed more.
+    torch.manual_seed(0)
+    model, x = create_model("resnet20").eval(), torch.randn(2, 3, 32, 32)
+    with torch.no_grad():  # tiny stage-1 residual filters: an unnormalised L1 ranking cuts that group first
+        for name in ("conv1", "layer1.0.conv2", "layer1.1.conv2", "layer1.2.conv2"):
+            model.get_submodule(name).weight.mul_(1e-3)
+    groups = trace_groups(model, x)
+    opts = SelectOptions(target_macs=0.5, normalize="none")
+    plan = select(model, x, groups, create_criterion("l1").score(ScoringContext(model, x, groups)), opts)
+    asked = {g.id: g.size - len(plan.prune_idxs.get(g.id, ())) for g in groups if g.prunable}
+    untied = cluster_groups(model, groups, asked, method="even")
+    assert _macs_removed(model, x, groups, untied) > 0.55  # the ties bind: the plain widths overshoot
+
+    widths = target_widths(model, x, groups, opts)
+    clusters = cluster_groups(model, groups, widths, seed=0)
+    assert {g.id: len(clusters.get(g.id, [[0]] * g.size)) for g in groups if g.prunable} == widths
+    check_shortcuts(model, groups, clusters)
+    assert 0.495 <= _macs_removed(model, x, groups, clusters) <= 0.53

@@ -110,7 +110,7 @@ def test_uniform_and_cost_runs_meet_the_target(base_weights, tmp_path, allocatio
 
 
 @pytest.mark.parametrize("extra, needle", [
-    (["--allocation", "greedy"], "must be global, uniform, cost or sensitivity, got 'greedy'"),
+    (["--allocation", "greedy"], "must be auto, global, uniform, cost or sensitivity, got 'greedy'"),
     (["--allocation", "sensitivity", "--step-ratio", "0.2"], "sensitivity is not available with --step-ratio"),
     (["--allocation", "cost", "--global-ranking", "false"], "cannot be cost with global_ranking off"),
     (["--sensitivity-metric", "top5"], "must be loss or acc, got 'top5'"),
@@ -201,3 +201,54 @@ def test_csgd_widths_follow_the_sensitivity_curves(base_weights, tmp_path):
                   curves=curves)
     expected = {g.id: g.size - len(plan.prune_idxs.get(g.id, [])) for g in groups if g.prunable}
     assert summary["csgd"]["clusters"] == expected
+
+
+def test_the_default_allocation_is_sensitivity_and_measures_the_same_curves(base_weights, tmp_path, monkeypatch):
+    # issue 15: the comparison made sensitivity the default (auto) where it applies; the same run as an
+    # explicit --allocation sensitivity one: same curves file, same kept channels
+    grid = SENS[2:]  # the grid flags without --allocation
+    counting = _CountingEvaluate()
+    monkeypatch.setattr(train_pkg, "evaluate", counting)
+    assert main(_argv(base_weights, tmp_path / "auto", *grid)) == 0
+    assert main(_argv(base_weights, tmp_path / "explicit", *SENS)) == 0
+    auto = json.loads((tmp_path / "auto" / "summary.json").read_text())
+    assert auto["config"]["prune"]["allocation"] == "auto" and auto["allocation"] == "sensitivity"
+    n_groups = len(json.loads((tmp_path / "auto" / "sensitivity.json").read_text())["groups"])
+    assert counting.calls == 2 * (1 + 3 * n_groups)  # both runs measured the whole pass
+    measured = [{gid: (g["acc"], g["drop"]) for gid, g in json.loads((tmp_path / run / "sensitivity.json")
+                                                                  .read_text())["groups"].items()}
+                for run in ("auto", "explicit")]
+    assert measured[0] == measured[1]
+    a, b = load(tmp_path / "auto" / "model.safetensors"), load(tmp_path / "explicit" / "model.safetensors")
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+
+
+@pytest.mark.parametrize("flags", [
+    ("--step-ratio", "0.2"),                                   # iterations rank raw scores
+    ("--layer-ratio", "features.0=0.5"),                       # fractions given, no network-wide target
+    ("--global-ranking", "false"),                             # the same fraction everywhere (uniform)
+])
+def test_the_default_allocation_is_global_where_sensitivity_does_not_apply(base_weights, tmp_path, flags):
+    argv = _argv(base_weights, tmp_path / "run", *flags)
+    if flags[0] == "--layer-ratio":
+        argv.remove("--target-macs"), argv.remove("0.5")
+    assert main(argv) == 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["allocation"] == "global" and not (tmp_path / "run" / "sensitivity.json").exists()
+
+
+@pytest.mark.parametrize("fields, expected", [
+    ({"target_macs": 0.5}, "sensitivity"),
+    ({"target_latency": 0.4}, "sensitivity"),
+    ({"target_macs": 0.5, "criterion": "car", "criterion_options": "k=8"}, "sensitivity"),
+    ({"target_macs": 0.5, "step_ratio": 0.1}, "global"),
+    ({"layer_ratio": ("a=0.5",)}, "global"),
+    ({"criterion": "car", "criterion_options": "scope=layer", "layer_ratio": ("a=0.5",)}, "global"),
+    ({"target_macs": 0.5, "global_ranking": False}, "global"),
+    ({"target_macs": 0.5, "allocation": "cost"}, "cost"),        # an explicit choice is kept as given
+    ({"target_macs": 0.5, "allocation": "global"}, "global"),
+])
+def test_auto_allocation_resolves_by_what_the_run_does(fields, expected):
+    from filterprune.config import PruneConfig
+
+    assert PruneConfig(**fields).allocation_mode() == expected

@@ -323,7 +323,7 @@ def check_prune(p: PruneConfig) -> None:
 
         try:
             check_layer_scope({"target_macs": p.target_macs, "target_params": p.target_params, "ratio": p.ratio,
-                               "target_latency": p.target_latency}, p.layer_ratios(), p.steps, p.allocation)
+                               "target_latency": p.target_latency}, p.layer_ratios(), p.steps, p.allocation_mode())
         except ValueError as e:
             raise config_error("prune.criterion_options", str(e)) from None
         if p.step_ratio is not None:
@@ -345,7 +345,7 @@ def check_prune(p: PruneConfig) -> None:
     if p.criterion in training_methods() and (p.steps != 1 or p.step_ratio is not None):
         raise config_error("prune.steps", f"must be 1 and --step-ratio unset for {p.criterion}: it prunes in one "
                            f"round, got --steps {p.steps}")
-    if p.allocation == "sensitivity" and p.step_ratio is not None:
+    if p.allocation_mode() == "sensitivity" and p.step_ratio is not None:
         raise config_error("prune.allocation", "sensitivity is not available with --step-ratio: use global, uniform "
                            "or cost")
 

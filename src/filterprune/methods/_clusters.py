@@ -25,6 +25,8 @@ A group's clusters are lists of group-channel indices, the kept channel first.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 import logging
 import warnings
@@ -37,8 +39,11 @@ from torch import Tensor, nn
 
 from ..criteria._weights import group_slices
 from ..errors import PruningError
-from ..graph.groups import ChannelGroup
+from ..graph.groups import ChannelGroup, PrunePlan
 from ..graph.ops import layer_op
+from ..graph.surgery import apply_plan
+from ..graph.trace import trace_groups
+from ..metrics import count
 from ..selection import SelectOptions, select
 from ..types import GroupId, PathLike, Scores
 from ..utils.io import atomic_write
@@ -166,6 +171,7 @@ def cluster_groups(
     seed: int = 0,
     include_bn: bool = False,
     n_init: int = 10,
+    log: bool = True,
 ) -> Clusters:
     """Clusters for every prunable group: ``widths[group]`` clusters (a missing group keeps its width).
 
@@ -179,6 +185,7 @@ def cluster_groups(
         seed: k-means seed.
         include_bn: k-means also sees BN gamma/beta.
         n_init: k-means restarts.
+        log: log the clusters, and a warning where a shortcut's ties change a group's width.
 
     Raises:
         ValueError: unknown method, or a width outside [1, group size].
@@ -222,7 +229,7 @@ def cluster_groups(
             n_free = min(max(n_free, 1), len(free))
         else:
             n_free = 0
-        if len(fixed) + n_free != m:
+        if len(fixed) + n_free != m and log:
             logger.warning("group %s: %d clusters instead of %d (its option-A shortcut ties %d clusters to "
                            "the group that feeds it)", group.id, len(fixed) + n_free, m, len(fixed))
         rest: list[list[int]] = []
@@ -241,7 +248,8 @@ def cluster_groups(
         if group.prunable:
             clusters_of(group)
     clusters = {gid: cl for gid, cl in done.items() if any(len(c) > 1 for c in cl)}
-    logger.info("C-SGD clusters: %s", ", ".join(f"{gid} {by_id[gid].size}->{len(cl)}" for gid, cl in clusters.items()))
+    if log:
+        logger.info("C-SGD clusters: %s", ", ".join(f"{gid} {by_id[gid].size}->{len(cl)}" for gid, cl in clusters.items()))
     return clusters
 
 
@@ -262,6 +270,12 @@ def target_widths(
     With ``options.allocation == "sensitivity"``, ``curves_for(groups, scores)`` measures the
     sensitivity curves (the prune workflow's, cached in the run folder).
 
+    The counts are those :func:`cluster_groups` can keep (:func:`tied_widths`): where an option-A
+    shortcut's ties make them remove more of the target's quantity than asked (by over 0.005; a group cut
+    hard drags the groups it feeds along), the target handed to selection is lowered by bisection to the
+    smallest one whose tied counts still meet the target (MACs, params or channels; a latency target is
+    not re-counted here).
+
     Raises:
         ValueError: sensitivity allocation without ``curves_for``.
     """
@@ -276,8 +290,65 @@ def target_widths(
             raise ValueError("C-SGD widths by sensitivity need curves_for (filterprune prune --criterion csgd "
                              "--allocation sensitivity measures them)")
         curves = curves_for(groups, scores)
-    plan = select(model, example_inputs, groups, scores, options, curves=curves)
-    return {g.id: g.size - len(plan.prune_idxs.get(g.id, ())) for g in groups if g.prunable}
+
+    def widths_for(opts: SelectOptions) -> dict[GroupId, int]:
+        plan = select(model, example_inputs, groups, scores, opts, curves=curves)
+        asked = {g.id: g.size - len(plan.prune_idxs.get(g.id, ())) for g in groups if g.prunable}
+        return tied_widths(model, groups, asked)
+
+    widths = widths_for(options)
+    name, goal = options.target
+    if name == "target_latency":
+        return widths
+    removed = _removed_fraction(model, example_inputs, groups, widths, name)
+    if removed <= goal + _TIE_SLACK:
+        return widths
+    # Option-A shortcut ties removed more than asked (a group cut hard drags the groups it feeds along):
+    # bisect the target handed to selection for the smallest one whose tied widths still meet the goal.
+    lo, hi, best = 0.0, goal, widths
+    for _ in range(_TIE_BISECTIONS):
+        mid = (lo + hi) / 2
+        trial = widths_for(dataclasses.replace(options, **{name: mid}))
+        if _removed_fraction(model, example_inputs, groups, trial, name) >= goal - _TIE_SLACK:
+            hi, best = mid, trial
+        else:
+            lo = mid
+    logger.info("C-SGD widths: shortcut ties removed %.3f of %s at the target %.3f; selection at %.3f instead",
+                removed, name, goal, hi)
+    return best
+
+
+#: how far from its target a tied C-SGD plan may land (over: before the target handed to selection is
+#: lowered; under: in that search)
+_TIE_SLACK = 0.005
+#: bisection steps on that target (its error: target / 2**steps)
+_TIE_BISECTIONS = 12
+
+
+def tied_widths(model: nn.Module, groups: Sequence[ChannelGroup], widths: Mapping[GroupId, int]) -> dict[GroupId, int]:
+    """The channels per group that :func:`cluster_groups` can keep for ``widths`` (module docstring: the
+    channels an option-A shortcut feeds from one input cluster form one cluster, so a group can keep
+    fewer than asked). Every prunable group is listed. Cheap: the contiguous clustering, no k-means."""
+    clusters = cluster_groups(model, groups, widths, method="even", log=False)
+    return {g.id: len(clusters[g.id]) if g.id in clusters else int(widths.get(g.id, g.size))
+            for g in groups if g.prunable}
+
+
+def _removed_fraction(model: nn.Module, example_inputs, groups: Sequence[ChannelGroup],
+                      widths: Mapping[GroupId, int], name: str) -> float:
+    """The fraction of channels (``ratio``), MACs or params that keeping ``widths`` removes, counted on a
+    pruned copy (which channels go does not change the count)."""
+    if name == "ratio":
+        sizes = {g.id: g.size for g in groups if g.prunable}
+        return 1 - sum(widths.values()) / max(1, sum(sizes.values()))
+    net = copy.deepcopy(model)
+    plan = PrunePlan({g.id: list(range(int(widths[g.id]), g.size)) for g in groups
+                      if g.prunable and widths[g.id] < g.size})
+    before = count(net, example_inputs)
+    apply_plan(net, trace_groups(net, example_inputs, probe=False), plan)
+    after = count(net, example_inputs)
+    k = 0 if name == "target_macs" else 1
+    return 1 - after[k] / max(1, before[k])
 
 
 def save_clusters(clusters: Clusters, path: PathLike) -> None:

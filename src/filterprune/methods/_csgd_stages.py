@@ -33,7 +33,7 @@ def csgd_stages(job: Any, curves_for: Any = None) -> CSGDResult:
     try:
         return csgd_prune(job.model, job.x, job.train, job.val, ft, target_macs=p.target_macs,
                           target_params=p.target_params, ratio=p.ratio, global_ranking=p.global_ranking,
-                          min_channels=p.min_channels, round_to=p.round_to, allocation=p.allocation, seed=p.seed,
+                          min_channels=p.min_channels, round_to=p.round_to, allocation=p.allocation_mode(), seed=p.seed,
                           options=opts, curves_for=curves_for,
                           run_dir=job.folder / "centripetal", stage=job.runner.stage,
                           baseline=(job.baseline.macs, job.baseline.params, job.widths_before))

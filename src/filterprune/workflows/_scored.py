@@ -48,7 +48,7 @@ def select_options(p, crit) -> SelectOptions | None:
         return None
     return SelectOptions(**targets, global_ranking=p.global_ranking, normalize=p.normalize or default_normalize(crit),
                          min_channels=p.min_channels, round_to=max(1, p.round_to), max_ratio=p.max_ratio,
-                         ignored_layers=tuple(layer_ratios), allocation=p.allocation)
+                         ignored_layers=tuple(layer_ratios), allocation=p.allocation_mode())
 
 
 def scored_steps(job: PruneJob, *, data: Any, steps: int | None = None,
@@ -195,7 +195,7 @@ def run_car(job: PruneJob) -> MethodResult:
             job.model, job.x, crit, data, p.layer_ratios(),
             targets={"target_macs": p.target_macs, "target_params": p.target_params, "ratio": p.ratio,
                      "target_latency": p.target_latency},
-            steps=p.steps, allocation=p.allocation,
+            steps=p.steps, allocation=p.allocation_mode(),
             after_step=None if finetune is None else lambda st: finetune(f"step{st}.finetune"),
             stage=job.runner.stage, ignored_layers=list(p.ignore) or None, min_channels=p.min_channels,
             num_batches=p.num_batches, base=(job.baseline.macs, job.baseline.params, job.widths_before)))

@@ -21,7 +21,7 @@ def csgd(job: PruneJob) -> MethodResult:
     No BatchNorm re-calibration after the trim (``--bn-recalibrate`` does not apply): the trim removes
     filters that centripetal training made identical to kept ones, so the trimmed model computes what the
     trained one did and its BatchNorm statistics stay exact."""
-    sensitive = job.cfg.prune.allocation == "sensitivity"
+    sensitive = job.cfg.prune.allocation_mode() == "sensitivity"
     result = csgd_stages(job, curves_for=(lambda g, s: job_curves(job, g, s, 1)) if sensitive else None)
     summary = {"csgd": result.summary()}
     path = job.folder / curves_file(1)

@@ -325,7 +325,7 @@ def run_iterative(cfg, model: nn.Module, x, splits, finetune: Callable[[nn.Modul
         model, x, features, p=pc.step_ratio, iterations=iterations, target_macs=pc.target_macs,
         criterion=pc.criterion, criterion_kwargs=pc.criterion_kwargs() or None, finetune=finetune,
         evaluate=evaluate, min_channels=pc.min_channels, round_to=pc.round_to,
-        global_ranking=pc.global_ranking, allocation=pc.allocation, normalize=pc.normalize or "none",
+        global_ranking=pc.global_ranking, allocation=pc.allocation_mode(), normalize=pc.normalize or "none",
         check=pc.check, seed=pc.seed, stage=stage, recalibrate=recalibrate, eval_every=pc.eval_every,
     )
     report = prune_report(records, criterion=pc.criterion, target=pc.target_macs, macs_before=macs_before,

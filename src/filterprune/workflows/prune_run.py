@@ -182,6 +182,7 @@ def _run(cfg: PruneRunConfig, runner: Runner, method, download: bool, command: s
         "model": cfg.model or (getattr(job.model, "filterprune_cfg", None) or {}).get("name"),
         "criterion": cfg.prune.criterion,
         "method": method.name,
+        "allocation": cfg.prune.allocation_mode(),
         "data": splits.describe(),
         "classes": [str(c) for c in splits.train.classes],
         "eval_images": {"val": len(splits.val), "test": len(splits.test) if splits.test is not None else 0,

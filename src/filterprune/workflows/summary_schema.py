@@ -49,6 +49,7 @@ PRUNE_SUMMARY: dict[str, Any] = {
         "kind": {"const": "prune"},
         "criterion": {"type": "string"},
         "method": {"type": "string"},
+        "allocation": {"enum": ["global", "uniform", "cost", "sensitivity"]},
         "base": _ACCURACIES,
         "pruned": _ACCURACIES,
         "finetuned": _ACCURACIES,
