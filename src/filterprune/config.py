@@ -368,7 +368,7 @@ class PruneConfig:
             uniform (the same fraction of every group), cost (normalised score per unit of the target's
             MACs/params saved), sensitivity (per-group curves measured on validation images, pruned to an
             equal predicted drop; cached in sensitivity.json), auto: sensitivity where it applies (a
-            MACs/params/ratio/latency target; it won for every criterion of the allocation comparison),
+            MACs/params/ratio/latency target; it beat global for every criterion of the comparison),
             global where it does not (--step-ratio, CAR scope=layer, --layer-ratio alone, --global-ranking
             false).
         sensitivity_points: sensitivity allocation: ratios measured per group, k/(N+1) for k=1..N.
@@ -437,9 +437,9 @@ class PruneConfig:
         where a network-wide target is shared among groups by one ranking, else ``"global"``: with
         ``step_ratio`` (its iterations rank raw scores), CAR ``scope=layer`` and ``layer_ratio`` alone (the
         fractions are given) and ``global_ranking`` off (uniform). The default follows
-        ``benchmarks/results/allocation_comparison_resnet20.md`` (issue #15): sensitivity allocation gave
-        the best fine-tuned accuracy for every criterion, at the cost of a pass of about 2 fine-tune epochs
-        on ResNet-20."""
+        ``benchmarks/results/allocation_comparison_resnet20.md`` (issue #15): sensitivity allocation beat
+        global for every criterion (and for L1 and random on ResNet-56), at the cost of a pass of about 2
+        fine-tune epochs on ResNet-20."""
         if self.allocation != "auto":
             return self.allocation
         targets = (self.target_macs, self.target_params, self.ratio, self.target_latency)
