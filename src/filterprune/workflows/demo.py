@@ -57,7 +57,8 @@ def run_demo(
     table = "\n".join(f"{a:18s} {b:>12s} {c:>12s} {d:>12s}" for a, b, c, d in rows)
     text = (
         f"filterprune demo: convnet_small on scikit-learn digits ({base['data']})\n"
-        f"trained {base['epochs']} epochs; pruned {criterion} to -{target_macs:.0%} MACs; fine-tuned "
+        f"trained {base['epochs']} epochs; pruned {criterion} to -{target_macs:.0%} MACs "
+        f"({pruned.get('allocation', 'global')} allocation); fine-tuned "
         f"{pruned['finetune_epochs']} epochs\n\n{pruned['table']}\n\n{table}\n\n"
         f"MACs -{m['removed_fraction']:.1%}, params -{p['removed_fraction']:.1%}; max |pruned - masked| = "
         f"{pruned['report']['max_error']:.2e}; {seconds:.1f} s in all"

@@ -77,9 +77,11 @@ def _prune_body(r: RunRecord) -> list[str]:
     rep = s.get("report") or {}
     centripetal = "csgd" in s  # C-SGD trains before its trim and is not fine-tuned after it
     target = f"{rep.get('target_name', 'target')}={rep.get('target', '?')}"
+    allocation = s.get("allocation") or p.get("allocation", "global")  # older summaries: the config's
     lines = [f"# Prune run `{r.folder.name}`", "",
              f"Criterion **{s.get('criterion')}** (method `{s.get('method')}`) on model **{s.get('model')}**, "
-             f"{target}, {len(rep.get('steps') or [])} step(s); {s.get('finetune_epochs')} "
+             f"{target}, {allocation} allocation, {len(rep.get('steps') or [])} step(s); "
+             f"{s.get('finetune_epochs')} "
              f"{'centripetal' if centripetal else 'fine-tune'} epoch(s). "
              f"Data: {s.get('data')}.", ""]
     if p.get("criterion_options"):
