@@ -129,6 +129,20 @@ def test_l1_sums_over_coupled_producers():
     torch.testing.assert_close(bn, model.bn1.weight.detach().abs() + model.bn2.weight.detach()[:4].abs())
 
 
+def test_lp_norm_refuses_a_non_positive_order_and_names_a_group_without_weights():
+    from filterprune.criteria.magnitude import LpNorm
+
+    for p in (0, 0.0, -1):  # p = 0 is the boundary: it is no norm
+        with pytest.raises(ValueError, match=f"p must be > 0, got {p}"):
+            LpNorm(p=p)
+    crit = LpNorm(p=0.5, include_consumers=True)
+    assert crit.p == 0.5 and repr(crit) == "LpNorm(name='', p=0.5, include_consumers=True)"
+    model, x, groups = two_conv()
+    only_bn = [type(g)(g.id, g.size, tuple(m for m in g.members if m.module_type == "BatchNorm2d")) for g in groups[:1]]
+    with pytest.raises(ScoringError, match="criterion 'l1': group conv1 has no conv or Linear weights"):
+        score("l1", model, x, only_bn)
+
+
 def test_bn_equals_abs_gamma():
     model, x, groups = two_conv()
     s = score("bn", model, x, groups)
