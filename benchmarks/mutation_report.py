@@ -20,6 +20,7 @@ import difflib
 import fnmatch
 import functools
 import json
+import re
 import subprocess
 from collections import Counter
 from pathlib import Path
@@ -57,9 +58,40 @@ def _functions(path: Path) -> dict[str, list[str]]:
     return out
 
 
+#: survivors equivalent by rule: every changed line is a logging call at debug/info level (its
+#: arguments or text; logging reports its own formatting errors and the level hides them by default)
+_LOG_CALL = re.compile(r"^[-+]\s*logger\.(debug|info)\(")
+LOGGING_REASON = "argument or text of a logger.debug/info call: no behaviour (by rule, mutation_report.py)"
+
+
+#: ... or the only change is a device argument set to None (``.to(device)`` -> ``.to(None)``,
+#: ``device=dev`` -> ``device=None``): a no-op where every tensor is on the CPU, as in this suite
+_DEVICE_ARG = re.compile(r"(\.to\(|device=)([\w.]*device\w*|dev)(?=[,)])")
+DEVICE_REASON = ("a device argument set to None: a no-op with every tensor on the CPU, as in this suite "
+                 "(by rule, mutation_report.py)")
+
+
+def rule_equivalent(lines: list[str]) -> str | None:
+    """The reason a mutant is equivalent by rule (``_LOG_CALL``, ``_DEVICE_ARG``), else ``None``."""
+    if lines and all(_LOG_CALL.match(ln) for ln in lines):
+        return LOGGING_REASON
+    old = [ln[1:] for ln in lines if ln.startswith("-")]
+    new = [ln[1:] for ln in lines if ln.startswith("+")]
+    if len(old) == len(new) == 1:
+        variants = {old[0][:m.start(2)] + "None" + old[0][m.end(2):] for m in _DEVICE_ARG.finditer(old[0])}
+        if new[0] in variants:
+            return DEVICE_REASON
+    return None
+
+
 def diff_of(run: Path, name: str) -> str:
-    """The mutant's diff, for the report: its function against the original in the run's mutants/
-    (what ``mutmut show`` prints, without a process per mutant; ``mutmut show`` is the fallback)."""
+    """The mutant's diff, for the report (:func:`diff_lines` joined, at most 300 characters)."""
+    return " / ".join(diff_lines(run, name))[:300]
+
+
+def diff_lines(run: Path, name: str) -> list[str]:
+    """The mutant's changed lines (``-old``, ``+new``): its function against the original in the run's
+    mutants/ (what ``mutmut show`` prints, without a process per mutant; ``mutmut show`` is the fallback)."""
     module, _, func = name.rpartition(".")
     path = run / "mutants" / "src" / Path(*module.split(".")).with_suffix(".py")
     funcs = _functions(path) if path.exists() else {}
@@ -69,7 +101,7 @@ def diff_of(run: Path, name: str) -> str:
     else:
         res = subprocess.run(["mutmut", "show", name], cwd=run, capture_output=True, text=True)
         lines = [ln for ln in res.stdout.splitlines() if ln.startswith(("+", "-")) and not ln.startswith(("+++", "---"))]
-    return " / ".join(ln[0] + ln[1:].strip() if ln[1:2] == " " else ln.strip() for ln in lines)[:300]
+    return [ln[0] + ln[1:].strip() if ln[1:2] == " " else ln.strip() for ln in lines]
 
 
 def summarise(run: Path, equivalent: dict[str, str], tests: str, patterns: list[str] | None = None) -> dict[str, dict]:
@@ -77,8 +109,9 @@ def summarise(run: Path, equivalent: dict[str, str], tests: str, patterns: list[
     rows = {}
     for module, verdicts in read_run(run, patterns).items():
         c = Counter(verdicts.values())
-        survivors = sorted(n for n, s in verdicts.items() if s == "survived")
-        eq = [n for n in survivors if n in equivalent]
+        survivors = sorted(n for n, s in verdicts.items() if s in ("survived", "no tests"))
+        reasons = {n: equivalent.get(n) or rule_equivalent(diff_lines(run, n)) for n in survivors}
+        eq = [n for n in survivors if reasons[n]]
         killed = c["killed"] + c["timeout"]
         unchecked = c["not checked"] + c["check was interrupted by user"]
         considered = len(verdicts) - len(eq) - unchecked
@@ -86,7 +119,8 @@ def summarise(run: Path, equivalent: dict[str, str], tests: str, patterns: list[
             "run": run.name, "tests": tests, "mutants": " ".join(patterns) if patterns else "all", "generated": len(verdicts), "killed": killed, "timeout": c["timeout"],
             "survived": c["survived"], "equivalent": len(eq), "no_tests": c["no tests"], "not_checked": unchecked,
             "score": round(killed / considered, 4) if considered else None,
-            "survivors": [{"name": n, "diff": diff_of(run, n), "equivalent": equivalent.get(n)} for n in survivors],
+            "survivors": [{"name": n, "diff": diff_of(run, n), "equivalent": reasons[n],
+                           "no_tests": verdicts[n] == "no tests"} for n in survivors],
         }
     return rows
 
@@ -110,7 +144,8 @@ def to_markdown(report: dict) -> str:
             if r["survivors"]:
                 lines += [f"### {label}: survivors in `{module}`", ""]
                 for s in r["survivors"]:
-                    why = f"equivalent: {s['equivalent']}" if s["equivalent"] else "**not killed**"
+                    why = (f"equivalent: {s['equivalent']}" if s["equivalent"]
+                           else "**no test runs it**" if s.get("no_tests") else "**not killed**")
                     lines.append(f"- `{s['name']}` ({why}): `{s['diff']}`")
                 lines.append("")
     return "\n".join(lines)

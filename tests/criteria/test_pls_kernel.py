@@ -137,3 +137,86 @@ def test_two_processes_sum_their_statistics_into_the_single_process_scores(tmp_p
         torch.testing.assert_close(got["sxx"], whole.sxx, rtol=1e-12, atol=1e-9)
         for gid, v in single.items():
             torch.testing.assert_close(got["scores"][gid], v, rtol=0, atol=1e-6)
+
+
+class _TwoRanks:
+    """Two ranks as threads sharing ``filterprune.distributed``'s collectives: each call waits for the
+    other rank's tensor and returns the sum (or maximum) of both, as torch.distributed would."""
+
+    def __init__(self):
+        import threading
+
+        self.barrier, self.local, self.slots = threading.Barrier(2), threading.local(), [None, None]
+
+    def reduce(self, t, combine):
+        self.slots[self.local.rank] = t.clone()
+        self.barrier.wait()
+        out = combine(self.slots[0], self.slots[1])
+        self.barrier.wait()  # both have read before the next call overwrites
+        return out
+
+    def run(self, work):
+        import threading
+
+        results, errors = [None, None], []
+
+        def body(rank):
+            self.local.rank = rank
+            try:
+                results[rank] = work(rank)
+            except BaseException as e:  # noqa: BLE001 (re-raised in the test's thread)
+                errors.append(e)
+                self.barrier.abort()
+
+        threads = [threading.Thread(target=body, args=(r,)) for r in (0, 1)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join(60)
+        if errors:
+            raise errors[0]
+        return results
+
+
+def test_all_reduce_over_two_ranks_equals_the_statistics_of_all_rows(monkeypatch):
+    # issue 14: the multi-process merge ran only under torchrun (subprocesses), out of mutation testing's
+    # sight; here two threads play the ranks. Rank 1 alone sees classes 2 and 3 (its targets are wider).
+    import filterprune.distributed as dist_mod
+
+    x, y = (torch.from_numpy(a) for a in random_problem(k=4))
+    labels = y.argmax(1)
+    first = labels < 2
+    parts = [(x[first], F.one_hot(labels[first], 2).double()), (x[~first], F.one_hot(labels[~first], 4).double())]
+    assert len(parts[0][0]) != len(parts[1][0])
+    ranks = _TwoRanks()
+    monkeypatch.setattr(dist_mod, "current_shard", lambda: (ranks.local.rank, 2))
+    monkeypatch.setattr(dist_mod, "all_reduce_sum", lambda t: ranks.reduce(t, torch.add))
+    monkeypatch.setattr(dist_mod, "all_reduce_max", lambda t: ranks.reduce(t, torch.maximum))
+
+    def work(rank):
+        return streamed(*parts[rank]).all_reduce()
+
+    merged = ranks.run(work)
+    full = streamed(torch.cat([parts[0][0], parts[1][0]]),
+                    torch.cat([F.pad(parts[0][1], (0, 2)), parts[1][1]]))
+    for s in merged:
+        assert s.n == full.n == len(x)
+        for name in ("mean_x", "mean_y", "sxx", "sxy", "syy"):
+            torch.testing.assert_close(getattr(s, name), getattr(full, name), rtol=1e-12, atol=1e-9)
+
+
+def test_all_reduce_of_no_rows_anywhere_and_of_one_process_leaves_the_statistics(monkeypatch):
+    import filterprune.distributed as dist_mod
+
+    ranks = _TwoRanks()
+    monkeypatch.setattr(dist_mod, "current_shard", lambda: (ranks.local.rank, 2))
+    monkeypatch.setattr(dist_mod, "all_reduce_sum", lambda t: ranks.reduce(t, torch.add))
+    monkeypatch.setattr(dist_mod, "all_reduce_max", lambda t: ranks.reduce(t, torch.maximum))
+    empty = ranks.run(lambda rank: CrossProducts(3, rank + 1).all_reduce())
+    assert [s.n for s in empty] == [0, 0] and [s.mean_y.shape[0] for s in empty] == [2, 2]  # grown, then left
+    monkeypatch.setattr(dist_mod, "current_shard", lambda: (0, 1))
+    monkeypatch.setattr(dist_mod, "all_reduce_sum", lambda t: pytest.fail("no collective in one process"))
+    x, y = (torch.from_numpy(a) for a in random_problem())
+    one = streamed(x, y)
+    before = {k: getattr(one, k).clone() for k in ("mean_x", "sxx", "sxy")}
+    assert one.all_reduce() is one and all(torch.equal(getattr(one, k), v) for k, v in before.items())

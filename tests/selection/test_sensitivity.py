@@ -222,3 +222,28 @@ def test_bad_metric_or_points_are_refused():
         measure_curves(model, groups, scores, _Counting(_data()), metric="top5")
     with pytest.raises(ValueError, match="positive integer"):
         ratio_grid(0)
+
+
+def test_loss_and_accuracy_equals_the_cross_entropy_and_top1_written_out():
+    # issue 14 (mutation survivors): the measure the API's sensitivity pass uses, against the formulas
+    from filterprune.selection.sensitivity import loss_and_accuracy
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4)).train()
+    batches = [(torch.randn(5, 3), torch.tensor([0, 1, 2, 3, 0])), (torch.randn(3, 3), torch.tensor([3, 3, 1]))]
+    measured = loss_and_accuracy(batches)(model)
+    assert model.training  # evaluated in eval mode, restored
+    with torch.no_grad():
+        model.eval()
+        logits = torch.cat([model(x) for x, _ in batches])
+        model.train()
+    y = torch.cat([y for _, y in batches])
+    log_p = logits.log_softmax(1)
+    expected_loss = float(-log_p[torch.arange(8), y].sum()) / 8
+    correct = int((logits.argmax(1) == y).sum())
+    assert 0 < correct < 8  # neither bound: a count that adds, subtracts or restarts shows
+    assert measured["images"] == 8
+    assert measured["loss"] == pytest.approx(expected_loss, rel=1e-6)
+    assert measured["acc"] == pytest.approx(100.0 * correct / 8)
+    with pytest.raises(ValueError, match=r"sensitivity needs at least one \(x, y\) batch"):
+        loss_and_accuracy([])

@@ -1,0 +1,32 @@
+"""``_index_touches``: which indexing expressions select along a channel axis (issue 14: a hand table
+with an Ellipsis in every position, ``None`` axes and indices shorter than the tensor)."""
+
+import pytest
+
+from filterprune.graph._record import _index_touches
+
+E, ALL = Ellipsis, slice(None)
+
+
+@pytest.mark.parametrize("index, ndim, axis, touches", [
+    (0, 4, 0, True),                      # x[0]: the batch axis
+    (0, 4, 1, False),                     # ... leaves the channels whole
+    ((ALL, 0), 4, 1, True),               # x[:, 0]
+    ((ALL, slice(0, 2)), 4, 1, True),     # x[:, :2]
+    ((ALL, ALL, 0), 4, 1, False),         # x[:, :, 0]
+    ((E, 0), 4, 3, True),                 # x[..., 0]: the last axis
+    ((E, 0), 4, 1, False),                # ... not the channels
+    ((E, 0, ALL), 4, 2, True),            # x[..., 0, :]: Ellipsis expands to two axes
+    ((E, 0, ALL), 4, 1, False),
+    ((ALL, E, 0), 4, 1, False),           # x[:, ..., 0]
+    ((ALL, E, 0), 4, 3, True),
+    ((0, E), 4, 0, True),                 # x[0, ...]
+    ((0, E), 4, 1, False),
+    ((ALL, 1, E, ALL), 5, 1, True),       # x[:, 1, ..., :] on 5-d: the channel axis, then 3 whole axes
+    ((ALL, 1, E, ALL), 5, 4, False),
+    ((ALL, None, 0), 4, 1, True),         # None adds an axis; it is ignored in this reading
+    ((ALL, ALL), 4, 3, False),            # an index shorter than the tensor: the rest is whole
+    ((ALL, ALL), 4, 2, False),            # ... from the first axis it does not name
+])
+def test_index_touches_the_axes_it_selects(index, ndim, axis, touches):
+    assert _index_touches(index, ndim, axis) is touches
