@@ -167,3 +167,27 @@ def test_samples_are_class_stratified_and_stop_reading_early():
 def test_bad_options_raise_value_error(kwargs, needle):
     with pytest.raises(ValueError, match=needle):
         create_criterion("pls-vip", **kwargs)
+
+
+def test_pls_without_a_dead_column_and_unscaled_match_sklearn():
+    # issue 14: random_problem's constant column makes one row of Xᵀ Y exactly zero, which hid an
+    # inverted "nothing left to explain" test; and scale=False was never compared
+    x, y = random_problem(seed=5)
+    x = np.delete(x, 6, axis=1)
+    for scale in (True, False):
+        fit = pls2(torch.from_numpy(x), torch.from_numpy(y), 2, scale=scale)
+        ref = PLSRegression(n_components=2, scale=scale, tol=1e-15, max_iter=10_000).fit(x, y)
+        np.testing.assert_allclose(fit.x_weights.numpy(), ref.x_weights_, atol=1e-5)
+        np.testing.assert_allclose(fit.y_loadings.numpy(), ref.y_loadings_, atol=1e-5)
+        np.testing.assert_allclose(fit.x_mean.numpy(), x.mean(0), rtol=1e-12)
+        np.testing.assert_allclose(fit.x_std.numpy(), x.std(0, ddof=1) if scale else np.ones(x.shape[1]), rtol=1e-12)
+
+
+@pytest.mark.parametrize("x, y, n, message", [
+    (torch.zeros(4), torch.zeros(4, 2), 2, r"x and y must be \(N, F\) and \(N, K\) with the same N, got \(4,\) and \(4, 2\)"),
+    (torch.zeros(4, 3), torch.zeros(4), 2, r"got \(4, 3\) and \(4,\)"),
+    (torch.zeros(4, 3), torch.zeros(4, 2), 0, r"^n_components must be >= 1, got 0$"),
+])
+def test_pls_refuses_bad_shapes_and_counts_in_one_line(x, y, n, message):
+    with pytest.raises(ValueError, match=message):
+        pls2(x, y, n)

@@ -30,3 +30,22 @@ E, ALL = Ellipsis, slice(None)
 ])
 def test_index_touches_the_axes_it_selects(index, ndim, axis, touches):
     assert _index_touches(index, ndim, axis) is touches
+
+
+def test_refusal_message_names_the_first_reason_the_count_and_every_root():
+    from filterprune.graph.trace import _refusal_message
+
+    one = _refusal_message([("conv1", "a flatten")])
+    assert one == "group conv1: cannot prune through a flatten; to keep these channels whole pass " \
+                  "ignored_layers=['conv1']"
+    three = _refusal_message([("fc", "a view"), ("conv2", "a gather"), ("conv2", "a flatten")])
+    assert three == "group fc: cannot prune through a view (and 2 more); to keep these channels whole pass " \
+                    "ignored_layers=['conv2', 'fc']"
+
+
+def test_keep_idxs_is_the_complement_of_the_plan_in_order():
+    from filterprune.graph.groups import ChannelGroup, PrunePlan
+
+    group = ChannelGroup("conv1", 6, ())
+    assert PrunePlan({"conv1": [4, 1]}).keep_idxs(group) == [0, 2, 3, 5]
+    assert PrunePlan({"other": [0]}).keep_idxs(group) == list(range(6))
