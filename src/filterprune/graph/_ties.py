@@ -89,13 +89,22 @@ def merge_coupled(model: nn.Module, groups: dict[str, ChannelGroup]) -> dict[str
         blocks = op.couples(module) if op is not None else None
         if not blocks:
             continue
-        where = {(m.module, m.kind): g for g in groups.values() for m in g.members}
-        a, b = where.get((name, "in")), where.get((name, "out"))
+        holding: dict[str, list[ChannelGroup]] = {"in": [], "out": []}
+        for g in groups.values():
+            for side in {m.kind for m in g.members if m.module == name}:
+                holding[side].append(g)
+        a = holding["in"][0] if holding["in"] else None
+        b = holding["out"][0] if holding["out"] else None
         if b is None or a is b:
             continue
         kind = type(module).__name__
         if a is None:
             groups[b.id] = _whole(b, f"its channels come through {name} ({kind}) from channels that stay")
+            continue
+        if len(holding["in"]) > 1 or len(holding["out"]) > 1:  # e.g. a concat of two convs feeds it
+            reason = f"{name} ({kind}) ties channels of several groups"
+            for g in {g.id: g for g in holding["in"] + holding["out"]}.values():
+                groups[g.id] = _whole(g, reason)
             continue
         owner_a = _owner(a, name, "in")
         owner_b = _owner(b, name, "out")

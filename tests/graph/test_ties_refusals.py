@@ -1,0 +1,51 @@
+"""Channel-coupling layers (PixelShuffle/Unshuffle) whose blocks cannot be removed together: the groups
+they touch are kept whole, with the reason (issue 14: ``_ties._whole`` ran in no test)."""
+
+import torch
+from torch import nn
+
+from filterprune.graph.trace import trace_groups
+
+
+class _ShuffleOfTwo(nn.Module):
+    """Two convs concatenated, then PixelShuffle(2): each output channel takes 4 channels, the first
+    block from conv_a, the second from conv_b, so each block's channels belong to one group, but the
+    shuffle's input spans two groups."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 2, 1), nn.Conv2d(3, 6, 1)
+        self.ps, self.head = nn.PixelShuffle(2), nn.Conv2d(2, 5, 1)
+
+    def forward(self, x):
+        return self.head(self.ps(torch.cat([self.a(x), self.b(x)], 1))).mean((2, 3))
+
+
+class _UnshuffledInput(nn.Module):
+    """The image itself, unshuffled, added to a conv's output: that conv's channels come from image
+    channels that cannot go."""
+
+    def __init__(self):
+        super().__init__()
+        self.unshuffle, self.conv, self.head = nn.PixelUnshuffle(2), nn.Conv2d(3, 12, 2, stride=2), nn.Conv2d(12, 5, 1)
+
+    def forward(self, x):
+        return self.head(self.unshuffle(x) + self.conv(x)).mean((2, 3))
+
+
+def test_a_shuffle_block_across_two_groups_keeps_every_group_it_touches_whole():
+    # found by this test: only the last group holding the shuffle's input was kept whole, so conv a
+    # stayed prunable and pruning it failed at the check ("input.size(-3)=7 is not divisible by 4")
+    model, x = _ShuffleOfTwo(), torch.randn(2, 3, 4, 4)
+    groups = {g.id: g for g in trace_groups(model, x)}
+    for gid, size in (("a", 2), ("b", 6), ("ps", 2)):
+        assert not groups[gid].prunable and groups[gid].size == size
+        assert groups[gid].reason == "ps (PixelShuffle) ties channels of several groups"
+
+
+def test_channels_fed_from_the_input_through_an_unshuffle_stay():
+    groups = {g.id: g for g in trace_groups(_UnshuffledInput(), torch.randn(2, 3, 8, 8))}
+    conv = groups["unshuffle"]  # the group is named after its first member
+    assert not conv.prunable and conv.size == 12
+    assert conv.reason == "its channels come through unshuffle (PixelUnshuffle) from channels that stay"
+    assert {m.module for m in conv.members} >= {"conv", "unshuffle"}
