@@ -49,3 +49,22 @@ def test_channels_fed_from_the_input_through_an_unshuffle_stay():
     assert not conv.prunable and conv.size == 12
     assert conv.reason == "its channels come through unshuffle (PixelUnshuffle) from channels that stay"
     assert {m.module for m in conv.members} >= {"conv", "unshuffle"}
+
+
+class _UnshuffleOfTwo(nn.Module):
+    """The same with PixelUnshuffle(2): each input channel (of conv a or conv b) feeds 4 outputs."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 2, 1), nn.Conv2d(3, 3, 1)
+        self.un, self.head = nn.PixelUnshuffle(2), nn.Conv2d(20, 5, 1)
+
+    def forward(self, x):
+        return self.head(self.un(torch.cat([self.a(x), self.b(x)], 1))).mean((2, 3))
+
+
+def test_an_unshuffle_of_two_groups_keeps_both_whole():
+    model, x = _UnshuffleOfTwo(), torch.randn(2, 3, 4, 4)
+    groups = {g.id: g for g in trace_groups(model, x)}
+    assert not groups["a"].prunable and not groups["b"].prunable
+    assert groups["a"].reason == "un (PixelUnshuffle) ties channels of several groups"
