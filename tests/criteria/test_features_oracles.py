@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from filterprune.criteria import ScoringError
-from filterprune.criteria._features import _capacity, _pool, _quotas, iter_pooled
+from filterprune.criteria._features import Block, _capacity, _pool, _quotas, iter_pooled
 
 
 @pytest.mark.parametrize("samples, classes, quota, other", [
@@ -47,3 +47,82 @@ def test_pool_reduces_every_position_of_a_conv_and_of_a_token_linear():
 def test_iter_pooled_refuses_an_unknown_pooling_listing_the_known():
     with pytest.raises(ValueError, match=r"^pooling must be one of max, avg, got 'median'$"):
         next(iter_pooled(nn.Identity(), [], [], pooling="median"))
+
+
+class _Twice(nn.Module):
+    """One conv applied twice per forward pass (weights shared): its block sees two calls."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv(self.conv(x)).mean((2, 3))
+
+
+@pytest.mark.parametrize("pooling", ["max", "avg"])
+def test_a_module_called_twice_pools_over_both_calls(pooling):
+    model, x = _Twice(), torch.randn(4, 3, 6, 6)
+    (feats, y), = list(iter_pooled(model, [(x, torch.arange(4))], [Block("conv", (2, 0))], pooling=pooling))
+    with torch.no_grad():
+        first = model.conv(x)
+        second = model.conv(first)
+    pool = (lambda t: t.amax((2, 3))) if pooling == "max" else (lambda t: t.mean((2, 3)))
+    a, b = pool(first)[:, [2, 0]], pool(second)[:, [2, 0]]
+    expected = torch.maximum(a, b) if pooling == "max" else (a + b) / 2
+    torch.testing.assert_close(feats, expected)
+    assert torch.equal(y, torch.arange(4))
+
+
+def _labelled(n_batches=6, size=5):
+    g = torch.Generator().manual_seed(1)
+    return [(torch.randn(size, 3, 6, 6, generator=g), torch.randint(0, 3, (size,), generator=g))
+            for _ in range(n_batches)]
+
+
+def _rows(model, data, **kw):
+    out = list(iter_pooled(model, data, [Block("conv", (0, 1, 2))], **kw))
+    return torch.cat([f for f, _ in out]), torch.cat([y for _, y in out])
+
+
+def test_shards_read_disjoint_batches_that_together_are_every_image():
+    model, data = _Twice(), _labelled()
+    whole, labels = _rows(model, data)
+    parts = [_rows(model, data, shard=(r, 2)) for r in (0, 1)]
+    assert [len(p[0]) for p in parts] == [15, 15]  # batches 0, 2, 4 and 1, 3, 5
+    torch.testing.assert_close(torch.cat([parts[0][0][:5], parts[1][0][:5]]), whole[:10])
+    assert sorted(torch.cat([p[1] for p in parts]).tolist()) == sorted(labels.tolist())
+
+
+def test_shards_split_the_samples_and_each_class_quota():
+    # samples=10 over 3 classes: quotas 4, 3, 3. Found by this test: each rank took quota // 2 plus the
+    # whole remainder on rank 0 ([2, 2, 2] and [2, 1, 1]), so rank 1 could hold 4 images, not its 5, and
+    # the two ranks read 9 of the 10 asked. Now the leftovers are dealt out in turn: [2, 2, 1], [2, 1, 2].
+    model, data = _Twice(), _labelled(n_batches=12)
+    counts = []
+    for rank in (0, 1):
+        feats, y = _rows(model, data, samples=10, num_classes=3, shard=(rank, 2))
+        assert len(feats) == len(y) == 5
+        counts.append(torch.bincount(y, minlength=3).tolist())
+    assert counts == [[2, 2, 1], [2, 1, 2]]
+
+
+@pytest.mark.parametrize("samples, classes, world", [(10, 3, 2), (10, 3, 3), (7, 4, 3), (100, 10, 4), (5, 7, 2)])
+def test_the_ranks_quotas_add_up_to_each_class_quota_and_to_each_ranks_samples(samples, classes, world):
+    from filterprune.criteria._features import _share
+
+    quota, _ = _quotas(samples, classes)
+    parts = [_share(quota, rank, world) for rank in range(world)]
+    assert torch.equal(sum(parts), quota)
+    assert [int(p.sum()) for p in parts] == [samples // world + (r < samples % world) for r in range(world)]
+    assert max(int(p.max() - p.min()) for p in torch.stack(parts).T) <= 1  # even over the ranks, per class
+
+
+def test_samples_stop_at_exactly_that_many_images_and_only_labels_beyond_the_classes_use_their_quota():
+    model = _Twice()
+    data = [(torch.randn(4, 3, 6, 6), torch.tensor([5, 5, 5, 0])), (torch.randn(4, 3, 6, 6), torch.tensor([1, 5, 2, 0]))]
+    feats, y = _rows(model, data, samples=5, num_classes=3)  # quotas 2, 2, 1; label 5 (no output): 2
+    assert y.tolist() == [5, 5, 0, 1, 2] and len(feats) == 5
+    feats, y = _rows(model, data, samples=3)  # no classes: the first 3 images
+    assert y.tolist() == [5, 5, 5]

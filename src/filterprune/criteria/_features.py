@@ -73,6 +73,19 @@ def _quotas(samples: int, num_classes: int | None) -> tuple[Tensor | None, int]:
     return quota, samples // num_classes + 1  # per-class quota; quota of labels >= num_classes
 
 
+def _share(quota: Tensor, rank: int, world: int) -> Tensor:
+    """Rank ``rank``'s part of the per-class ``quota`` over ``world`` ranks: ``quota // world`` each, and
+    the leftovers (``quota % world`` per class, in class order) dealt out one per rank in turn from rank 0,
+    so every rank's quotas add up to its share of the samples (``samples // world``, one more on the
+    first ``samples % world`` ranks) and the ranks together take every class's quota."""
+    extra = quota % world
+    ends = torch.cumsum(extra, 0)
+    starts = ends - extra
+    # leftover units k in [start, end) of a class go to rank k % world: count those equal to ``rank``
+    mine = (ends - 1 - rank).div(world, rounding_mode="floor") - (starts - 1 - rank).div(world, rounding_mode="floor")
+    return quota // world + mine
+
+
 def _capacity(data: Iterable, first: Tensor, samples: int | None) -> int:
     if samples is not None:
         return samples
@@ -119,7 +132,7 @@ def iter_pooled(
     chan = [torch.tensor(b.channels, dtype=torch.long, device=device) for b in blocks]
     if samples is not None and world > 1:
         quota, other_quota = _quotas(samples, num_classes)
-        quota = None if quota is None else quota // world + (rank < quota % world)
+        quota = None if quota is None else _share(quota, rank, world)
         other_quota = -(-other_quota // world)
         samples = samples // world + (rank < samples % world)
     else:
