@@ -126,3 +126,19 @@ def test_samples_stop_at_exactly_that_many_images_and_only_labels_beyond_the_cla
     assert y.tolist() == [5, 5, 0, 1, 2] and len(feats) == 5
     feats, y = _rows(model, data, samples=3)  # no classes: the first 3 images
     assert y.tolist() == [5, 5, 5]
+
+
+def test_select_keeps_within_room_class_quotas_and_the_quota_of_other_labels():
+    from filterprune.criteria._features import _select
+
+    y = torch.tensor([0, 3, 3, 1, 0, 3, 2, -1, 0])
+    taken, other = torch.zeros(3, dtype=torch.long), {}
+    keep = _select(y, torch.tensor([1, 1, 1]), 2, taken, other, samples=10, n=4)  # room 6
+    # 0 (class 0), 3, 3 (other labels, quota 2), 1, -, 3 over quota, 2, -1 (an other label), 0 over quota
+    assert keep.dtype == torch.long and keep.tolist() == [0, 1, 2, 3, 6, 7]
+    assert taken.tolist() == [1, 1, 1] and other == {3: 2, -1: 1}
+    assert _select(y, None, 0, torch.zeros(0, dtype=torch.long), {}, samples=7, n=4).tolist() == [0, 1, 2]
+    assert _select(y, None, 0, torch.zeros(0, dtype=torch.long), {}, samples=7, n=9).tolist() == []  # no room
+    assert _select(y, None, 0, torch.zeros(0), {}, samples=None, n=0) is None
+    full = torch.zeros(3, dtype=torch.long)
+    assert _select(torch.tensor([0, 1, 2, 0]), torch.tensor([2, 2, 2]), 0, full, {}, samples=8, n=5).tolist() == [0, 1, 2]
