@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import itertools
 import sys
 from types import SimpleNamespace
@@ -284,3 +285,26 @@ def test_solve_follows_its_three_stages_on_random_families():
         reach = f(fam.counts(len(fam.units)))  # targets up to a little beyond what the family reaches
         target, tol = float(torch.rand((), generator=gen)) * 1.1 * reach, float(torch.rand((), generator=gen)) * 0.05
         assert fam.solve(f, target, tol) == _reference_solve(fam, f, target, tol), case
+
+
+def test_cost_keys_are_importance_per_unit_of_cost_written_out():
+    # issue 14: allocation="cost"'s keys by hand. Group 0's channel scores 1, 3, 5 and group 1's -2, 4, 0
+    # (shift = -2: every importance is score + 2); ratio target: a channel saves 1 / 6 of the channels.
+    from filterprune.selection.allocation import cost_keys
+
+    opts = SelectOptions(ratio=0.5, normalize="none", allocation="cost")
+    fam = _family([3, 3], [[1.0, 3.0, 5.0], [-2.0, 4.0, 0.0]], opts)
+    keys = cost_keys(fam, "ratio", (0, 0))
+    # group 0 removes 1 (imp 3), then 3 (imp 5): key = max so far of imp / (1/6)
+    assert keys[0] == pytest.approx({1: 18.0, 2: 30.0})
+    # group 1 removes -2 (imp 0), then 0 (imp 2)
+    assert keys[1] == pytest.approx({1: 0.0, 2: 12.0})
+
+    def cost_fn(group, n):  # group 0: the first channel saves nothing, the second 2; group 1 never saves
+        return {"0": [0.0, 0.0, 2.0], "1": [0.0, 0.0, 0.0]}[group.id][n]
+
+    keys = cost_keys(fam, "target_macs", (0, 0), cost_fn)
+    assert keys[0] == pytest.approx({1: 4.0, 2: 4.0})  # (3 + 5) / 2 for both: the flat step waits
+    assert keys[1] == {1: math.inf, 2: math.inf}  # saves nothing: last
+    with pytest.raises(ValueError, match=r"^allocation='cost' with a MACs/params target needs the cost model$"):
+        cost_keys(fam, "target_macs", (0, 0))
