@@ -14,8 +14,8 @@
 from __future__ import annotations
 
 import copy
-import math
 import itertools
+import math
 import sys
 from types import SimpleNamespace
 
