@@ -238,3 +238,11 @@ def test_csgd_report_and_metrics_order_follow_its_schedule(runs):
     acc = {"val_acc": 1.0}
     lines = _metric_lines(acc, acc, acc, [{"epoch": 0}], MethodResult(None, finetuned=True))
     assert [m["phase"] for m in lines] == ["base", "centripetal", "pruned", "final"]
+
+
+def test_the_summary_records_the_resolved_allocation(runs):
+    s = summary(runs / "l1")
+    assert s["allocation"] in ("global", "sensitivity") and s["config"]["prune"]["allocation"] in ("auto", s["allocation"])
+    s["allocation"] = "auto"  # the config's word, never the summary's: it says what ran
+    with pytest.raises(jsonschema.ValidationError):
+        validate(s)
