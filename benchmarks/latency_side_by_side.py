@@ -79,7 +79,7 @@ def from_table(table: Path, rounds: int, batch_sizes=(1, 64)) -> int:
     rows = sorted(doc["rows"], key=lambda r: r["seed"])
     picked = {}
     for r in rows:  # the fine-tune seed changes the weights, not the widths: one timing per architecture
-        picked.setdefault(f"{r['criterion']}-{r['allocation']}", r)
+        picked.setdefault(f"{r['criterion']}-{r['allocation']}" + (f"-{r['variant']}" if r.get("variant") else ""), r)
     missing = [r["checkpoint"] for r in picked.values() if not Path(r["checkpoint"]).exists()]
     if missing:
         print(f"not timed (no checkpoint here): {', '.join(missing)}", file=sys.stderr)
