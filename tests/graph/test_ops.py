@@ -119,3 +119,23 @@ def test_channel_attrs_cover_builtins_and_registered_layers():
     assert ln.normalized_shape == (3,) and (gn.num_groups, gn.num_channels) == (2, 4)
     with pytest.raises(TypeError, match="cannot resize"):
         set_channel_attrs(nn.ReLU(), {"x": 1})
+
+
+def test_register_layer_op_as_a_class_decorator_registers_an_instance_and_replaces_an_earlier_op(monkeypatch):
+    # issue 14: the decorator form ran in no test; and the refusal names the op's type
+    import filterprune.graph.ops as ops
+
+    monkeypatch.setattr(ops, "_OPS", dict(ops._OPS))  # the registry as it was, after the test
+
+    class Widget(nn.Module):
+        pass
+
+    @register_layer_op(Widget)
+    class WidgetOp(GatherOp):
+        pass
+
+    assert WidgetOp.__name__ == "WidgetOp" and type(layer_op(Widget())) is WidgetOp
+    replacement = GatherOp()
+    assert register_layer_op(Widget, replacement) is replacement and layer_op(Widget()) is replacement
+    with pytest.raises(TypeError, match=r"^op for Widget must be a LayerOp, got dict$"):
+        register_layer_op(Widget, {})
