@@ -238,3 +238,9 @@ def test_taylor_train_mode_keeps_running_stats():
         torch.testing.assert_close(s[gid], brute, rtol=1e-3, atol=1e-9)
     eval_scores = score("taylor", model, x, groups, data=data, num_batches=2)
     assert not torch.allclose(s["conv2"], eval_scores["conv2"], rtol=1e-2)  # the mode matters
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_repr_names_the_class_and_the_registered_name(name):
+    crit = create_criterion(name)
+    assert repr(crit).startswith(f"{type(crit).__name__}(name={name!r}")

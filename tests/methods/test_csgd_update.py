@@ -106,3 +106,17 @@ def test_rejects_bad_strengths_and_frozen_producers():
     model.stem.weight.requires_grad_(False)
     with pytest.raises(PruningError, match="frozen"):
         CentripetalSGD(model, groups, clusters)
+
+
+def test_merge_and_decay_matrices_written_out_in_float64():
+    # issue 14: clusters {0, 2}, {1}, {3, 4, 5}; M averages within a cluster, Gamma = eta I + eps (I - M),
+    # exactly in float64 (a float32 identity would round eta = 0.1 on the diagonal)
+    cl = [[0, 2], [1], [3, 4, 5]]
+    M = merge_matrix(cl, 6)
+    h, t = 1 / 2, 1 / 3
+    expected = torch.tensor([[h, 0, h, 0, 0, 0], [0, 1, 0, 0, 0, 0], [h, 0, h, 0, 0, 0],
+                             [0, 0, 0, t, t, t], [0, 0, 0, t, t, t], [0, 0, 0, t, t, t]], dtype=torch.float64)
+    assert M.dtype == torch.float64 and torch.equal(M, expected)
+    G = decay_matrix(cl, 6, 0.1, 0.3)
+    assert G.dtype == torch.float64
+    assert torch.equal(G, 0.1 * torch.eye(6, dtype=torch.float64) + 0.3 * (torch.eye(6, dtype=torch.float64) - expected))
