@@ -69,3 +69,12 @@ def test_csv_of_no_record_or_one_record(tmp_path, groups):
     with path.open(newline="") as f:
         rows = list(csv.DictReader(f))
     assert [(r["group"], r["class_car:dog"]) for r in rows] == [(g, "3.0") for g in groups]
+
+
+def test_a_regression_result_writes_rar_and_default_class_names_are_the_indices(tmp_path):
+    result = _result(classwise=True)
+    result.metric = "r2"
+    doc = json.loads(export_car_records(result, tmp_path / "rar.json").read_text())
+    first = doc["records"][0]
+    assert "car" not in first and first["rar"] == 2.0 and doc["metric"] == "r2"
+    assert first["class_car"] == {"0": 4.0, "1": 0.0} and first["most_affected"] == "0"

@@ -191,3 +191,55 @@ def test_pls_without_a_dead_column_and_unscaled_match_sklearn():
 def test_pls_refuses_bad_shapes_and_counts_in_one_line(x, y, n, message):
     with pytest.raises(ValueError, match=message):
         pls2(x, y, n)
+
+
+def test_chunked_standardisation_and_products_equal_one_chunk(monkeypatch):
+    # issue 14: with fewer rows than a chunk (4096) every chunked sum ran once, so "+=" and "=" agreed
+    import filterprune.criteria._pls as pls_mod
+    from filterprune.criteria._pls import standardize_
+
+    x, y = (torch.from_numpy(a) for a in random_problem(n=50))
+    whole = pls2(x, y, 2)
+    monkeypatch.setattr(pls_mod, "_CHUNK", 7)  # 8 chunks, the last one short
+    chunked = pls2(x, y, 2)
+    for name in ("x_weights", "x_scores", "y_loadings", "x_mean", "x_std"):
+        torch.testing.assert_close(getattr(chunked, name), getattr(whole, name), rtol=1e-10, atol=1e-12)
+    z = x.clone()
+    mean, std = standardize_(z)
+    torch.testing.assert_close(mean, x.mean(0))
+    torch.testing.assert_close(std, torch.where(x.std(0) > 0, x.std(0), torch.ones(x.shape[1], dtype=x.dtype)))
+    assert float(std[6]) == 1.0  # the constant column: std set to 1, not left 0
+
+
+@pytest.mark.parametrize("rows", [1, 2])
+def test_standardisation_of_one_and_two_rows(rows):
+    from filterprune.criteria._pls import standardize_
+
+    x = torch.tensor([[1.0, 4.0], [3.0, 4.0]], dtype=torch.float64)[:rows]
+    mean, std = standardize_(x.clone())
+    assert mean.tolist() == x.mean(0).tolist()
+    # ddof=1 over max(n - 1, 1): one row has no spread (std 1); two rows 1 and 3: sqrt(2)
+    assert std.tolist() == pytest.approx([1.0, 1.0] if rows == 1 else [2.0 ** 0.5, 1.0], rel=1e-15)
+
+
+def test_pls_defaults_to_two_components():
+    x, y = (torch.from_numpy(a) for a in random_problem())
+    assert pls2(x, y).x_weights.shape[1] == 2
+
+
+def test_collect_pooled_refuses_no_image_and_keeps_what_len_promised(caplog):
+    model, _, _ = two_conv()
+    with pytest.raises(Exception, match=r"^pls-vip: the data yielded no image$"):
+        collect_pooled(model, [], [Block("conv1", (0, 1))])
+
+    class Short(list):  # promises 2 batches (of the first one's 4 images: 8 rows), yields 4 + 6 images
+        def __len__(self):
+            return 2
+
+    data = Short([(torch.randn(b, 3, 8, 8), torch.arange(b)) for b in (4, 6)])
+    with caplog.at_level("WARNING"):
+        xmat, y = collect_pooled(model, data, [Block("conv1", (0, 1))])
+    assert xmat.shape == (8, 2) and xmat.dtype == torch.float32 and len(y) == 8
+    assert "pls-vip: more images than len(data) promised; using the first 8" in caplog.text
+    exact = Short([(torch.randn(4, 3, 8, 8), torch.arange(4)) for _ in range(2)])
+    assert collect_pooled(model, exact, [Block("conv1", (0, 1))])[0].shape == (8, 2)

@@ -1,5 +1,6 @@
 """The centripetal gradient: matrix form, per-filter form, decay rate, wrapping, refusals."""
 
+import dataclasses
 import math
 
 import pytest
@@ -120,3 +121,37 @@ def test_merge_and_decay_matrices_written_out_in_float64():
     G = decay_matrix(cl, 6, 0.1, 0.3)
     assert G.dtype == torch.float64
     assert torch.equal(G, 0.1 * torch.eye(6, dtype=torch.float64) + 0.3 * (torch.eye(6, dtype=torch.float64) - expected))
+
+
+def test_fp_csgd_hands_every_argument_to_csgd_prune(monkeypatch):
+    # issue 14: fp.csgd is a thin wrapper; each argument must reach the function the CLI runs too
+    import filterprune.methods.csgd_run as run_mod
+    from filterprune.config import PruneRunConfig, TrainConfig
+    from filterprune.methods.csgd_run import CSGDOptions, csgd
+
+    seen = {}
+
+    def spy(*args, **kwargs):
+        seen["args"], seen["kwargs"] = args, kwargs
+        return "result"
+
+    monkeypatch.setattr(run_mod, "csgd_prune", spy)
+    model, x, data, val = object(), object(), object(), object()
+    opts = CSGDOptions(centripetal=0.25)
+    cfg = TrainConfig(epochs=9, lr=0.5)
+    assert csgd(model, x, data, target_params=0.3, epochs=4, lr=0.02, train=cfg, val_data=val, options=opts,
+                global_ranking=False, allocation="uniform", min_channels=3, round_to=2, seed=7,
+                run_dir="somewhere") == "result"
+    args, kw = seen["args"], seen["kwargs"]
+    assert args[:4] == (model, x, data, val)
+    assert args[4] == dataclasses.replace(cfg, epochs=4, lr=0.02)  # epochs and lr override the recipe
+    assert kw == {"target_macs": None, "target_params": 0.3, "ratio": None, "global_ranking": False,
+                  "allocation": "uniform", "min_channels": 3, "round_to": 2, "seed": 7, "options": opts,
+                  "run_dir": "somewhere"}
+    csgd(model, x, data, ratio=0.5, options={"centripetal": 0.5})  # a dict becomes CSGDOptions
+    assert seen["kwargs"]["ratio"] == 0.5 and seen["kwargs"]["options"] == CSGDOptions(centripetal=0.5)
+    defaults = {k: seen["kwargs"][k] for k in ("global_ranking", "allocation", "min_channels", "round_to", "seed",
+                                               "run_dir")}
+    assert defaults == {"global_ranking": True, "allocation": "global", "min_channels": 1, "round_to": 1, "seed": 0,
+                        "run_dir": None}
+    assert seen["args"][3] is None and seen["args"][4] == PruneRunConfig().finetune  # the CLI's fine-tune recipe

@@ -245,5 +245,5 @@ def test_loss_and_accuracy_equals_the_cross_entropy_and_top1_written_out():
     assert measured["images"] == 8
     assert measured["loss"] == pytest.approx(expected_loss, rel=1e-6)
     assert measured["acc"] == pytest.approx(100.0 * correct / 8)
-    with pytest.raises(ValueError, match=r"sensitivity needs at least one \(x, y\) batch"):
+    with pytest.raises(ValueError, match=r"^sensitivity needs at least one \(x, y\) batch$"):
         loss_and_accuracy([])
