@@ -154,7 +154,8 @@ def test_bn_equals_abs_gamma():
 def test_bn_refuses_group_without_bn():
     model, x, groups = two_conv()
     no_bn = [type(g)(g.id, g.size, tuple(m for m in g.members if m.module_type != "BatchNorm2d")) for g in groups[:1]]
-    with pytest.raises(ValueError, match="conv1 has no affine BatchNorm"):
+    with pytest.raises(ValueError, match=r"^criterion 'bn': group conv1 has no affine BatchNorm; use another "
+                                         r"criterion or leave the group out \(ignored_layers\)$"):
         score("bn", model, x, no_bn)
 
 

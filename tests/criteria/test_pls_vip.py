@@ -243,3 +243,37 @@ def test_collect_pooled_refuses_no_image_and_keeps_what_len_promised(caplog):
     assert "pls-vip: more images than len(data) promised; using the first 8" in caplog.text
     exact = Short([(torch.randn(4, 3, 8, 8), torch.arange(4)) for _ in range(2)])
     assert collect_pooled(model, exact, [Block("conv1", (0, 1))])[0].shape == (8, 2)
+
+
+class _Sharded(list):
+    shard = (1, 3)  # a loader built with shard=: it already yields this process's share
+
+
+@pytest.mark.parametrize("distributed, data_cls, shard, interleave", [
+    ("auto", list, (1, 3), True), (True, list, (1, 3), True), (False, list, (0, 1), True),
+    ("auto", _Sharded, (1, 3), False), (False, _Sharded, (0, 1), False),
+])
+def test_pls_vip_reads_its_share_of_the_data(monkeypatch, distributed, data_cls, shard, interleave):
+    # issue 14: how PLS+VIP hands its options and the process's shard to the feature reader (the
+    # distributed paths ran only under torchrun, in subprocesses)
+    import filterprune.criteria._features as features_mod
+    import filterprune.criteria.pls_vip as pls_vip_mod
+    import filterprune.distributed as dist_mod
+
+    model, x, groups = two_conv()
+    calls = []
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs)
+        return features_mod.iter_pooled(*args, **{**kwargs, "shard": (0, 1), "interleave": True})
+
+    monkeypatch.setattr(pls_vip_mod, "iter_pooled", spy)
+    monkeypatch.setattr(dist_mod, "current_shard", lambda: (1, 3))
+    monkeypatch.setattr(pls_vip_mod.CrossProducts, "all_reduce", lambda self: self)
+    data = data_cls(labelled_batches(n=6))
+    crit = create_criterion("pls-vip", samples=20, pooling="avg", distributed=distributed)
+    crit.score(ScoringContext(model, x, groups, data=data))
+    (kw,) = calls
+    assert kw["shard"] == shard and kw["interleave"] is interleave
+    assert kw["samples"] == 20 and kw["pooling"] == "avg" and kw["num_classes"] == 10
+    assert kw["device"] == torch.device("cpu")
