@@ -142,3 +142,17 @@ def test_select_keeps_within_room_class_quotas_and_the_quota_of_other_labels():
     assert _select(y, None, 0, torch.zeros(0), {}, samples=None, n=0) is None
     full = torch.zeros(3, dtype=torch.long)
     assert _select(torch.tensor([0, 1, 2, 0]), torch.tensor([2, 2, 2]), 0, full, {}, samples=8, n=5).tolist() == [0, 1, 2]
+
+
+def test_an_odd_sample_count_over_two_ranks_and_labels_without_an_output():
+    # 9 samples over 2 ranks: 5 on rank 0, 4 on rank 1; labels 3 and 4 have no model output (3 classes):
+    # their quota is 9 // 3 + 1 = 4 in one process, ceil(4 / 2) = 2 per rank
+    model = _Twice()
+    g = torch.Generator().manual_seed(3)
+    data = [(torch.randn(6, 3, 6, 6, generator=g), torch.tensor([3, 4, 3, 4, 3, 0])) for _ in range(8)]
+    got = [_rows(model, data, samples=9, num_classes=3, shard=(rank, 2))[1] for rank in (0, 1)]
+    assert [len(y) for y in got] == [5, 4]
+    for y in got:
+        assert int((y == 3).sum()) <= 2 and int((y == 4).sum()) <= 2  # the per-rank quota of other labels
+    whole = _rows(model, data, samples=9, num_classes=3)[1]
+    assert int((whole == 3).sum()) == 4 and int((whole == 4).sum()) == 4 and int((whole == 0).sum()) == 1

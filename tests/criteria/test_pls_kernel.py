@@ -220,3 +220,14 @@ def test_all_reduce_of_no_rows_anywhere_and_of_one_process_leaves_the_statistics
     one = streamed(x, y)
     before = {k: getattr(one, k).clone() for k in ("mean_x", "sxx", "sxy")}
     assert one.all_reduce() is one and all(torch.equal(getattr(one, k), v) for k, v in before.items())
+
+
+def test_std_from_co_moments_by_hand():
+    # issue 14: ddof = 1 over max(n - 1, 1), constant columns at 1, ones without scaling (float64, F of them)
+    from filterprune.criteria._pls_kernel import _std
+
+    s = torch.tensor([[8.0, 1.0, 0.0], [1.0, 2.0, 0.0], [0.0, 0.0, 0.0]], dtype=torch.float64)
+    assert _std(s, 3, True).tolist() == [2.0, 1.0, 1.0]  # sqrt(8 / 2), sqrt(2 / 2), constant
+    assert _std(s, 1, True).tolist() == pytest.approx([8.0 ** 0.5, 2.0 ** 0.5, 1.0], rel=1e-15)  # n - 1 = 0 -> 1
+    ones = _std(s[:, :2], 3, False)
+    assert ones.dtype == torch.float64 and ones.tolist() == [1.0, 1.0, 1.0]
