@@ -9,9 +9,10 @@ throughput on this AMX CPU), so its rows are not mixed with the float32 rows of
 resumed (``--resume``). The table is written after every row, so a stopped sweep keeps what it measured.
 C-SGD's rows spend the 10 epochs in centripetal training with the smallest eps of ``CSGD_EPS`` whose
 predicted deviation is at most 1e-4 (:func:`csgd_eps`; recorded in the table with the official setting's).
-A fourth field names a paper-faithful schedule of :data:`VARIANTS` (``car:global:0:paper``): the same
-10 epochs, part of them spent between pruning steps; its ``pruned`` accuracies are measured after the last
-removal, so after the fine-tuning between steps.
+A fourth field names a paper-faithful schedule of :data:`VARIANTS` (``car:global:0:paper``): the 10 epochs
+planned as epochs between pruning steps plus a final fine-tune (the row records the steps and epochs spent,
+which can differ when the run makes another number of steps); its ``pruned`` accuracies are measured after
+the last removal, so after the fine-tuning between steps.
 
 Command (from the repository root; one thread per run, two runs at most on 2 cores)::
 
