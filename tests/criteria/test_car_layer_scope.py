@@ -101,3 +101,21 @@ def test_car_prune_layers_steps_records_and_stage_calls_by_hand():
     # min_channels caps each layer: layer 0 keeps its 6 (6 - 7 < 0), layer 2 loses 8 - 7 = 1 of round(7.2)
     records = car_prune_layers(model, x, data, {"*": 0.9}, k=5, min_channels=7)
     assert [(r["group"], r["removed_channels"]) for r in records] == [("2", 1)]
+
+
+def test_car_prune_layers_defaults_a_group_matched_twice_and_the_options_it_passes_on(monkeypatch):
+    import filterprune.criteria.car_greedy as greedy
+
+    model, x, data = _net()
+    # defaults: k=1 (one filter per step), min_channels=1; group 0 matched by two patterns counts once
+    records = car_prune_layers(model, x, data, {"0": 0.5, "[0]": 0.5}, eval_images=20)
+    assert [(r["group"], r["removed_channels"]) for r in records] == [("0", 1)] * 3
+    model, x, data = _net()
+    assert [r["removed_channels"] for r in car_prune_layers(model, x, data, {"2": 0.99})] == [1] * 7  # keeps 1
+    seen = []
+    real = greedy.car_prune_layer
+    monkeypatch.setattr(greedy, "car_prune_layer", lambda *a, **kw: seen.append(kw) or real(*a, **kw))
+    model, x, data = _net()
+    car_prune_layers(model, x, data, {"0": 0.2}, eval_images=20, num_batches=1, fast=False)
+    assert seen == [{"k": 1, "eval_images": 20, "num_batches": 1, "fast": False}]
+    assert check_layer_scope(dict(NONE), {"0": 0.5}, 1) is None  # allocation defaults to global
