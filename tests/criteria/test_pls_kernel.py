@@ -231,3 +231,34 @@ def test_std_from_co_moments_by_hand():
     assert _std(s, 1, True).tolist() == pytest.approx([8.0 ** 0.5, 2.0 ** 0.5, 1.0], rel=1e-15)  # n - 1 = 0 -> 1
     ones = _std(s[:, :2], 3, False)
     assert ones.dtype == torch.float64 and ones.tolist() == [1.0, 1.0, 1.0]
+
+
+def test_a_batch_narrower_than_the_targets_seen_is_padded_with_zero_columns():
+    # issue 14: after a batch with classes 0-3, a batch whose one-hot has only classes 0-1
+    x, y = (torch.from_numpy(a) for a in random_problem(k=4))
+    labels = y.argmax(1)
+    s = CrossProducts(x.shape[1])
+    s.update(x[:40], F.one_hot(labels[:40], 4).double())
+    rest = labels[40:] < 2
+    s.update(x[40:][rest], F.one_hot(labels[40:][rest], 2).double())
+    keep = torch.cat([torch.ones(40, dtype=torch.bool), rest])
+    full = streamed(x[keep], y[keep])
+    for name in ("mean_y", "sxy", "syy"):
+        torch.testing.assert_close(getattr(s, name), getattr(full, name), rtol=1e-12, atol=1e-9)
+
+
+def test_kernel_fit_reports_the_column_means_and_stds_and_refuses_no_rows():
+    x, y = (torch.from_numpy(a) for a in random_problem())
+    fit = pls2_kernel(streamed(x, y), 2)
+    torch.testing.assert_close(fit.x_mean, x.mean(0), rtol=1e-12, atol=1e-12)
+    std = x.std(0)
+    torch.testing.assert_close(fit.x_std, torch.where(std > 0, std, torch.ones_like(std)), rtol=1e-10, atol=0)
+    with pytest.raises(ValueError, match=r"^pls2_kernel: no rows were accumulated$"):
+        pls2_kernel(CrossProducts(3), 2)
+
+
+def test_kernel_fit_without_targets_has_no_component():
+    s = CrossProducts(3, 0)
+    s.update(torch.randn(5, 3, dtype=torch.float64), torch.zeros(5, 0, dtype=torch.float64))
+    fit = pls2_kernel(s, 2)
+    assert not fit.x_weights.any() and fit.x_weights.shape == (3, 2)
