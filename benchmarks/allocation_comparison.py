@@ -107,11 +107,12 @@ def row_of(name: str, crit: str, alloc: str, seed: int, run_dir: Path, command: 
     sens = run_dir / "sensitivity.json"
     timings = s.get("timings_s") or {}
     epoch_s = [r.get("epoch_time_s") for r in _metrics(run_dir) if r.get("epoch_time_s")]
+    between = _between_step_epochs(run_dir, s) if variant else None
     return {
         "row": name, "criterion": crit, "allocation": alloc, "seed": seed,
-        **({"variant": variant, "between_step_epochs": _between_step_epochs(run_dir, s),
+        **({"variant": variant, "between_step_epochs": between,
             "schedule": f"{VARIANTS[crit, variant]['label']}; {len(s['report']['steps'])} steps, "
-                        f"{_between_step_epochs(run_dir, s)} + {s['finetune_epochs']} epochs"} if variant else {}),
+                        f"{between} + {s['finetune_epochs']} epochs"} if variant else {}),
         "base_val": s["base"]["val_acc"], "base_test": s["base"]["test_acc"],
         "pruned_val": s["pruned"]["val_acc"], "pruned_test": s["pruned"]["test_acc"],
         "finetuned_val": s["finetuned"]["val_acc"], "finetuned_test": s["finetuned"]["test_acc"],

@@ -84,9 +84,9 @@ def rule_equivalent(lines: list[str]) -> str | None:
     return None
 
 
-def diff_of(run: Path, name: str) -> str:
-    """The mutant's diff, for the report (:func:`diff_lines` joined, at most 300 characters)."""
-    return " / ".join(diff_lines(run, name))[:300]
+def diff_of(lines: list[str]) -> str:
+    """A mutant's diff for the report: its :func:`diff_lines` joined, at most 300 characters."""
+    return " / ".join(lines)[:300]
 
 
 def diff_lines(run: Path, name: str) -> list[str]:
@@ -110,7 +110,8 @@ def summarise(run: Path, equivalent: dict[str, str], tests: str, patterns: list[
     for module, verdicts in read_run(run, patterns).items():
         c = Counter(verdicts.values())
         survivors = sorted(n for n, s in verdicts.items() if s in ("survived", "no tests"))
-        reasons = {n: equivalent.get(n) or rule_equivalent(diff_lines(run, n)) for n in survivors}
+        diffs = {n: diff_lines(run, n) for n in survivors}
+        reasons = {n: equivalent.get(n) or rule_equivalent(diffs[n]) for n in survivors}
         eq = [n for n in survivors if reasons[n]]
         killed = c["killed"] + c["timeout"]
         unchecked = c["not checked"] + c["check was interrupted by user"]
@@ -119,7 +120,7 @@ def summarise(run: Path, equivalent: dict[str, str], tests: str, patterns: list[
             "run": run.name, "tests": tests, "mutants": " ".join(patterns) if patterns else "all", "generated": len(verdicts), "killed": killed, "timeout": c["timeout"],
             "survived": c["survived"], "equivalent": len(eq), "no_tests": c["no tests"], "not_checked": unchecked,
             "score": round(killed / considered, 4) if considered else None,
-            "survivors": [{"name": n, "diff": diff_of(run, n), "equivalent": reasons[n],
+            "survivors": [{"name": n, "diff": diff_of(diffs[n]), "equivalent": reasons[n],
                            "no_tests": verdicts[n] == "no tests"} for n in survivors],
         }
     return rows

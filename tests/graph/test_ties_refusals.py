@@ -7,18 +7,20 @@ from torch import nn
 from filterprune.graph.trace import trace_groups
 
 
-class _ShuffleOfTwo(nn.Module):
-    """Two convs concatenated, then PixelShuffle(2): each output channel takes 4 channels, the first
-    block from conv_a, the second from conv_b, so each block's channels belong to one group, but the
-    shuffle's input spans two groups."""
+class _TwoInto(nn.Module):
+    """Two convs concatenated, then a coupling layer ``name``: PixelShuffle(2) (each output channel takes 4
+    channels, the first block from conv a, the second from conv b) or PixelUnshuffle(2) (each input
+    channel, of conv a or conv b, feeds 4 outputs). Its input spans two groups."""
 
-    def __init__(self):
+    def __init__(self, name: str, coupler: nn.Module, b_width: int, head_in: int):
         super().__init__()
-        self.a, self.b = nn.Conv2d(3, 2, 1), nn.Conv2d(3, 6, 1)
-        self.ps, self.head = nn.PixelShuffle(2), nn.Conv2d(2, 5, 1)
+        self.name = name
+        self.a, self.b = nn.Conv2d(3, 2, 1), nn.Conv2d(3, b_width, 1)
+        setattr(self, name, coupler)
+        self.head = nn.Conv2d(head_in, 5, 1)
 
     def forward(self, x):
-        return self.head(self.ps(torch.cat([self.a(x), self.b(x)], 1))).mean((2, 3))
+        return self.head(getattr(self, self.name)(torch.cat([self.a(x), self.b(x)], 1))).mean((2, 3))
 
 
 class _UnshuffledInput(nn.Module):
@@ -36,7 +38,7 @@ class _UnshuffledInput(nn.Module):
 def test_a_shuffle_block_across_two_groups_keeps_every_group_it_touches_whole():
     # found by this test: only the last group holding the shuffle's input was kept whole, so conv a
     # stayed prunable and pruning it failed at the check ("input.size(-3)=7 is not divisible by 4")
-    model, x = _ShuffleOfTwo(), torch.randn(2, 3, 4, 4)
+    model, x = _TwoInto("ps", nn.PixelShuffle(2), 6, 2), torch.randn(2, 3, 4, 4)
     groups = {g.id: g for g in trace_groups(model, x)}
     for gid, size in (("a", 2), ("b", 6), ("ps", 2)):
         assert not groups[gid].prunable and groups[gid].size == size
@@ -53,20 +55,8 @@ def test_channels_fed_from_the_input_through_an_unshuffle_stay():
     assert {m.module for m in conv.members} >= {"conv", "unshuffle"}
 
 
-class _UnshuffleOfTwo(nn.Module):
-    """The same with PixelUnshuffle(2): each input channel (of conv a or conv b) feeds 4 outputs."""
-
-    def __init__(self):
-        super().__init__()
-        self.a, self.b = nn.Conv2d(3, 2, 1), nn.Conv2d(3, 3, 1)
-        self.un, self.head = nn.PixelUnshuffle(2), nn.Conv2d(20, 5, 1)
-
-    def forward(self, x):
-        return self.head(self.un(torch.cat([self.a(x), self.b(x)], 1))).mean((2, 3))
-
-
 def test_an_unshuffle_of_two_groups_keeps_both_whole():
-    model, x = _UnshuffleOfTwo(), torch.randn(2, 3, 4, 4)
+    model, x = _TwoInto("un", nn.PixelUnshuffle(2), 3, 20), torch.randn(2, 3, 4, 4)
     groups = {g.id: g for g in trace_groups(model, x)}
     assert not groups["a"].prunable and not groups["b"].prunable
     assert groups["a"].reason == "un (PixelUnshuffle) ties channels of several groups"

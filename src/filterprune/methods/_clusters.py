@@ -300,7 +300,8 @@ def target_widths(
     name, goal = options.target
     if name == "target_latency":
         return widths
-    removed = _removed_fraction(model, example_inputs, groups, widths, name)
+    base = count(model, example_inputs)
+    removed = _removed_fraction(model, example_inputs, groups, widths, name, base)
     if removed <= goal + _TIE_SLACK:
         return widths
     # Option-A shortcut ties removed more than asked (a group cut hard drags the groups it feeds along):
@@ -309,7 +310,7 @@ def target_widths(
     for _ in range(_TIE_BISECTIONS):
         mid = (lo + hi) / 2
         trial = widths_for(dataclasses.replace(options, **{name: mid}))
-        if _removed_fraction(model, example_inputs, groups, trial, name) >= goal - _TIE_SLACK:
+        if _removed_fraction(model, example_inputs, groups, trial, name, base) >= goal - _TIE_SLACK:
             hi, best = mid, trial
         else:
             lo = mid
@@ -335,16 +336,15 @@ def tied_widths(model: nn.Module, groups: Sequence[ChannelGroup], widths: Mappin
 
 
 def _removed_fraction(model: nn.Module, example_inputs, groups: Sequence[ChannelGroup],
-                      widths: Mapping[GroupId, int], name: str) -> float:
+                      widths: Mapping[GroupId, int], name: str, before: tuple[int, int]) -> float:
     """The fraction of channels (``ratio``), MACs or params that keeping ``widths`` removes, counted on a
-    pruned copy (which channels go does not change the count)."""
+    pruned copy (which channels go does not change the count); ``before``: ``model``'s (MACs, params)."""
     if name == "ratio":
         sizes = {g.id: g.size for g in groups if g.prunable}
         return 1 - sum(widths.values()) / max(1, sum(sizes.values()))
     net = copy.deepcopy(model)
     plan = PrunePlan({g.id: list(range(int(widths[g.id]), g.size)) for g in groups
                       if g.prunable and widths[g.id] < g.size})
-    before = count(net, example_inputs)
     apply_plan(net, trace_groups(net, example_inputs, probe=False), plan)
     after = count(net, example_inputs)
     k = 0 if name == "target_macs" else 1
