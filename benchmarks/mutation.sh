@@ -14,6 +14,11 @@
 #                                                          # ... "before" a test file: it is emptied in the
 #                                                          # snapshot (the test selection stays the same, so a
 #                                                          # later run with it re-tests only the survivors named)
+#   MUTMUT_SAMPLE=0.25 MUTMUT_SEED=0 benchmarks/mutation.sh src/filterprune/graph/*.py
+#                                                          # ... a fixed random quarter of the mutants
+#                                                          # (benchmarks/mutmut_sample.py), the rest "not checked"
+#   MUTMUT_REV=c62bf42 benchmarks/mutation.sh ...           # ... the tree of a commit, not the working tree
+#                                                          # (a "before" run while tests are being written)
 #   python benchmarks/mutation_report.py                   # -> benchmarks/results/mutation_report.{json,md}
 #
 # It runs in a snapshot of the working tree (tracked and untracked, not ignored files) under
@@ -28,7 +33,12 @@ shift || true
 name=$(printf '%s' "${only:-all}" | sed 's#^src/filterprune/##; s#[/*.]#_#g')
 work=${MUTMUT_DIR:-/tmp/filterprune-mutation/$name}
 mkdir -p "$work"
-(cd "$repo" && git ls-files -co --exclude-standard) | (cd "$repo" && tar -cf - -T -) | tar -xf - -C "$work"
+if [ -n "${MUTMUT_REV:-}" ]; then  # a committed revision, e.g. the suite as it was before new tests
+    rm -rf "$work/src" "$work/tests" "$work/mutants/tests"
+    (cd "$repo" && git archive "$MUTMUT_REV") | tar -xf - -C "$work"
+else
+    (cd "$repo" && git ls-files -co --exclude-standard) | (cd "$repo" && tar -cf - -T -) | tar -xf - -C "$work"
+fi
 for f in ${MUTMUT_WITHOUT:-}; do
     printf '"""Emptied by benchmarks/mutation.sh (MUTMUT_WITHOUT): the run measures the suite before it."""\n' > "$work/$f"
 done
@@ -53,4 +63,7 @@ echo "mutation testing ${only:-the configured modules} in $work" >&2
 cd "$work"
 unset PYTHONPATH          # the tests must import the mutated copy in mutants/src
 export OMP_NUM_THREADS=1
+if [ -n "${MUTMUT_SAMPLE:-}" ]; then
+    exec python "$repo/benchmarks/mutmut_sample.py" run --max-children "${MUTMUT_CHILDREN:-1}" "$@"
+fi
 exec mutmut run --max-children "${MUTMUT_CHILDREN:-1}" "$@"

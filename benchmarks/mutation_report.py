@@ -20,12 +20,14 @@ import difflib
 import fnmatch
 import functools
 import json
+import math
 import re
 import subprocess
 from collections import Counter
 from pathlib import Path
 
 from mutmut.stats import status_by_exit_code
+from mutmut_sample import in_sample
 
 HERE = Path(__file__).resolve().parent
 OUT_JSON = HERE / "results" / "mutation_report.json"
@@ -84,6 +86,50 @@ def rule_equivalent(lines: list[str]) -> str | None:
     return None
 
 
+#: ... or, compared as syntax trees, the mutant's function equals the original once every logger.debug/info
+#: statement is dropped (a change inside a call spanning several lines) and the display-only keywords of
+#: ``progress(...)`` (``desc``, ``unit``, ``total``: the bar's text and length, not what is iterated) are dropped
+_DISPLAY_KEYWORDS = {"desc", "unit", "total"}
+DISPLAY_REASON = ("only a logger.debug/info call or a display-only progress() keyword (desc, unit, total) differs, "
+                  "compared as syntax trees (by rule, mutation_report.py)")
+
+
+class _DropDisplay(ast.NodeTransformer):
+    """Removes logger.debug/info statements and progress()'s display-only keywords from a function's tree."""
+
+    def visit_Expr(self, node: ast.Expr) -> ast.AST | None:
+        call = node.value
+        if (isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute) and call.func.attr in ("debug", "info")
+                and isinstance(call.func.value, ast.Name) and call.func.value.id == "logger"):
+            return None
+        return self.generic_visit(node)
+
+    def visit_Call(self, node: ast.Call) -> ast.AST:
+        if isinstance(node.func, ast.Name) and node.func.id == "progress":
+            node.keywords = [k for k in node.keywords if k.arg not in _DISPLAY_KEYWORDS]
+        return self.generic_visit(node)
+
+
+@functools.cache
+def _trees(path: Path) -> dict[str, str]:
+    """Every function of a mutated module as the dump of its body with :class:`_DropDisplay` applied, by name."""
+    out = {}
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            body = ast.Module(body=[_DropDisplay().visit(s) or ast.Pass() for s in node.body], type_ignores=[])
+            out[node.name] = ast.dump(body)
+    return out
+
+
+def tree_equivalent(run: Path, name: str) -> str | None:
+    """:data:`DISPLAY_REASON` if the mutant and its original differ only in what :class:`_DropDisplay` drops."""
+    module, _, func = name.rpartition(".")
+    path = run / "mutants" / "src" / Path(*module.split(".")).with_suffix(".py")
+    trees = _trees(path) if path.exists() else {}
+    orig = trees.get(func.rsplit("__mutmut_", 1)[0] + "__mutmut_orig")
+    return DISPLAY_REASON if orig is not None and trees.get(func) == orig else None
+
+
 def diff_of(lines: list[str]) -> str:
     """A mutant's diff for the report: its :func:`diff_lines` joined, at most 300 characters."""
     return " / ".join(lines)[:300]
@@ -104,14 +150,22 @@ def diff_lines(run: Path, name: str) -> list[str]:
     return [ln[0] + ln[1:].strip() if ln[1:2] == " " else ln.strip() for ln in lines]
 
 
-def summarise(run: Path, equivalent: dict[str, str], tests: str, patterns: list[str] | None = None) -> dict[str, dict]:
-    """Per module of ``run``: counts, score and the surviving mutants (with diff and, if any, the reason)."""
+def summarise(run: Path, equivalent: dict[str, str], tests: str, patterns: list[str] | None = None,
+              sample: float | None = None, seed: int = 0) -> dict[str, dict]:
+    """Per module of ``run``: counts, score and the surviving mutants (with diff and, if any, the reason).
+
+    ``sample``: the run tested a random fraction of the mutants (``MUTMUT_SAMPLE``, mutmut_sample.py); the
+    score then estimates the module's, with standard error ``sqrt(s (1 - s) / n)`` over the n considered.
+    Only the mutants drawn at ``sample`` with ``seed`` count (:func:`mutmut_sample.in_sample`; a run may have
+    tested more of them, e.g. at a larger fraction before it was narrowed), so the estimate stays unbiased."""
     rows = {}
     for module, verdicts in read_run(run, patterns).items():
+        if sample:  # only the drawn mutants count: one drawn at a larger fraction, outside this one, is left out
+            verdicts = {n: s if in_sample(n, sample, seed) else "not checked" for n, s in verdicts.items()}
         c = Counter(verdicts.values())
         survivors = sorted(n for n, s in verdicts.items() if s in ("survived", "no tests"))
         diffs = {n: diff_lines(run, n) for n in survivors}
-        reasons = {n: equivalent.get(n) or rule_equivalent(diffs[n]) for n in survivors}
+        reasons = {n: equivalent.get(n) or rule_equivalent(diffs[n]) or tree_equivalent(run, n) for n in survivors}
         eq = [n for n in survivors if reasons[n]]
         killed = c["killed"] + c["timeout"]
         unchecked = c["not checked"] + c["check was interrupted by user"]
@@ -120,6 +174,8 @@ def summarise(run: Path, equivalent: dict[str, str], tests: str, patterns: list[
             "run": run.name, "tests": tests, "mutants": " ".join(patterns) if patterns else "all", "generated": len(verdicts), "killed": killed, "timeout": c["timeout"],
             "survived": c["survived"], "equivalent": len(eq), "no_tests": c["no tests"], "not_checked": unchecked,
             "score": round(killed / considered, 4) if considered else None,
+            **({"sample": sample, "score_se": round(math.sqrt(killed * (considered - killed) / considered ** 3), 4)
+                if considered else None} if sample else {}),
             "survivors": [{"name": n, "diff": diff_of(diffs[n]), "equivalent": reasons[n],
                            "no_tests": verdicts[n] == "no tests"} for n in survivors],
         }
@@ -138,7 +194,10 @@ def to_markdown(report: dict) -> str:
                   "| no tests | not checked | score |", "|---|---|---|---|---|---|---|---|---|---|"]
         for module, r in sorted(rows.items()):
             score = f"{100 * r['score']:.1f}%" if r["score"] is not None else "-"
-            lines.append(f"| `{module}` | {r.get('mutants', 'all')} | {r['tests']} | {r['generated']} | {r['killed']} | {r['survived']} | "
+            if r.get("score_se") is not None:
+                score += f" ± {100 * r['score_se']:.1f}"
+            mutants = r.get("mutants", "all") + (f" ({100 * r['sample']:.0f}% sample)" if r.get("sample") else "")
+            lines.append(f"| `{module}` | {mutants} | {r['tests']} | {r['generated']} | {r['killed']} | {r['survived']} | "
                          f"{r['equivalent']} | {r['no_tests']} | {r['not_checked']} | {score} |")
         lines.append("")
         for module, r in sorted(rows.items()):
@@ -158,6 +217,8 @@ def main() -> None:
     ap.add_argument("--only", nargs="*", help="run folder names to read (default: all)")
     ap.add_argument("--label", default="after")
     ap.add_argument("--mutants", nargs="*", help="mutant name globs to count (default: all in the run)")
+    ap.add_argument("--sample", type=float, help="count only the mutants drawn at this fraction (MUTMUT_SAMPLE)")
+    ap.add_argument("--seed", type=int, default=0, help="the draw's seed (MUTMUT_SEED)")
     args = ap.parse_args()
     equivalent = json.loads(EQUIVALENT.read_text()) if EQUIVALENT.exists() else {}
     report = json.loads(OUT_JSON.read_text()) if OUT_JSON.exists() else {"runs": {}}
@@ -167,7 +228,7 @@ def main() -> None:
             continue
         cfg = (run / "pyproject.toml").read_text()
         tests = cfg.split("pytest_add_cli_args_test_selection = [", 1)[1].split("]", 1)[0].replace('"', "").strip()
-        rows.update(summarise(run, equivalent, tests, args.mutants))
+        rows.update(summarise(run, equivalent, tests, args.mutants, args.sample, args.seed))
     OUT_JSON.parent.mkdir(parents=True, exist_ok=True)
     OUT_JSON.write_text(json.dumps(report, indent=1) + "\n")
     OUT_MD.write_text(to_markdown(report) + "\n")
