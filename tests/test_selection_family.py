@@ -308,3 +308,41 @@ def test_cost_keys_are_importance_per_unit_of_cost_written_out():
     assert keys[1] == {1: math.inf, 2: math.inf}  # saves nothing: last
     with pytest.raises(ValueError, match=r"^allocation='cost' with a MACs/params target needs the cost model$"):
         cost_keys(fam, "target_macs", (0, 0))
+
+
+def test_cost_keys_merge_a_flat_step_after_a_saving_one_and_a_step_of_exactly_flat_saves_nothing():
+    # issue 14, session 15. One group, channel scores 1, 3, 5, 7 (importance = score, no shift).
+    from filterprune.selection.allocation import _FLAT, cost_keys
+
+    fam = _family([4], [[1.0, 3.0, 5.0, 7.0]], SelectOptions(ratio=0.5, normalize="none", allocation="cost"))
+    # saves 1, then nothing, then 2 more: the flat second unit waits for the third, (3 + 5) / 2
+    keys = cost_keys(fam, "target_macs", (0, 0), lambda group, n: {1: 1.0, 2: 1.0, 3: 3.0}[n])
+    assert keys == [{1: 1.0, 2: 4.0, 3: 4.0}]
+    # a first step of exactly _FLAT saves nothing: merged into the second, (1 + 3) / 2; the third is flat: last
+    keys = cost_keys(fam, "target_macs", (0, 0), lambda group, n: {1: _FLAT, 2: 2.0, 3: 2.0}[n])
+    assert keys == [{1: 2.0, 2: 2.0, 3: math.inf}]
+
+
+def test_cost_keys_after_an_earlier_step_charge_only_the_macs_this_step_saves():
+    # the first key of every group is importance / (MACs saved by its lowest channel, over the baseline's),
+    # the saving counted on the physically pruned model; the model is already pruned once, so the
+    # fraction removed before this step (about a quarter) must not enter the key
+    from filterprune.graph.groups import PrunePlan
+    from filterprune.selection.allocation import cost_keys
+
+    model, x = build("conv_chain")
+    x = x[:1]
+    groups = trace_groups(model, x)
+    macs0, params0 = count(model, x)
+    base = Baseline(macs0, params0, {g.id: g.size for g in groups})
+    apply_plan(model, groups, PrunePlan({g.id: [0, 1] for g in groups if g.prunable}))
+    groups = trace_groups(model, x)
+    now = count(model, x)
+    assert now[0] < 0.9 * macs0
+    opts = SelectOptions(target_macs=0.5, normalize="none", allocation="cost")
+    scores = {g.id: torch.arange(1.0, g.size + 1) for g in groups if g.prunable}  # channel 0 scores 1
+    fam = _Family(_candidates(groups, scores, opts, base), opts, base, CostModel(model, x))
+    keys = cost_keys(fam, "target_macs", now)
+    for (g, *_), k in zip(fam.cands, keys, strict=True):
+        macs1, _ = count(apply_plan(copy.deepcopy(model), groups, PrunePlan({g.id: [0]})), x)
+        assert k[1] == pytest.approx(1.0 / ((now[0] - macs1) / macs0), rel=1e-6)

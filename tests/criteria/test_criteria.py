@@ -245,3 +245,17 @@ def test_taylor_train_mode_keeps_running_stats():
 def test_repr_names_the_class_and_the_registered_name(name):
     crit = create_criterion(name)
     assert repr(crit).startswith(f"{type(crit).__name__}(name={name!r}")
+
+
+def test_bn_reads_only_the_norm_layers_that_output_the_channels():
+    # issue 14, session 15: a norm layer listed as an "in" member (its rows are the same gamma) is not
+    # counted: the score is |gamma| of the "out" norm layers only, as documented
+    from criteria_nets import member
+
+    from filterprune.graph import ChannelGroup
+
+    model, x, groups = two_conv()
+    g = groups[0]
+    with_in = [ChannelGroup(g.id, g.size, (*g.members, member("bn1", "in", "BatchNorm2d", 4)))]
+    s = score("bn", model, x, with_in)["conv1"]
+    torch.testing.assert_close(s, model.bn1.weight.detach().abs())

@@ -262,3 +262,90 @@ def test_kernel_fit_without_targets_has_no_component():
     s.update(torch.randn(5, 3, dtype=torch.float64), torch.zeros(5, 0, dtype=torch.float64))
     fit = pls2_kernel(s, 2)
     assert not fit.x_weights.any() and fit.x_weights.shape == (3, 2)
+
+
+# ---- issue 14, session 15: survivors of pls2_kernel and CrossProducts.all_reduce ---------------------
+
+
+def test_standardised_fit_is_the_same_for_columns_a_hundred_million_times_larger():
+    # with scale=True the fit sees only standardised columns: the "zero score" threshold is relative to the
+    # standardised trace, so multiplying X by 1e8 changes nothing
+    x, y = (torch.from_numpy(a) for a in random_problem())
+    fit, big = pls2_kernel(streamed(x, y), 2), pls2_kernel(streamed(x * 1e8, y), 2)
+    assert fit.x_weights[:, 1].abs().max() > 0.1  # two real components
+    torch.testing.assert_close(big.x_weights, fit.x_weights, rtol=0, atol=1e-8)
+    torch.testing.assert_close(big.score_ss, fit.score_ss, rtol=1e-8, atol=0)
+    torch.testing.assert_close(vip(big), vip(fit), rtol=0, atol=1e-8)
+
+
+@pytest.mark.parametrize("s", [1e-10, 1e4])
+def test_unscaled_fit_of_rescaled_columns_by_hand(s):
+    # scale=False, X -> s X: Sxx -> s^2 Sxx, Sxy -> s Sxy, so w and p stay, t't -> s^2 t't, q -> q / s; both
+    # stopping tests are relative (to max |XᵀY| and to the trace), so no component is lost or gained
+    x, y = (torch.from_numpy(a) for a in random_problem(seed=2))
+    fit, scaled = pls2_kernel(streamed(x, y), 2, scale=False), pls2_kernel(streamed(x * s, y), 2, scale=False)
+    assert fit.score_ss.min() > 0
+    torch.testing.assert_close(scaled.x_weights, fit.x_weights, rtol=0, atol=1e-8)
+    torch.testing.assert_close(scaled.x_loadings, fit.x_loadings, rtol=1e-7, atol=1e-9)
+    torch.testing.assert_close(scaled.score_ss, fit.score_ss * s * s, rtol=1e-8, atol=0)
+    torch.testing.assert_close(scaled.y_loadings, fit.y_loadings / s, rtol=1e-7, atol=0)
+
+
+def test_a_zero_score_vector_ends_the_fit_with_the_components_found():
+    # two columns equal to within 1e-8 of their spread: after one component X is explained to 1e-8, so the
+    # second score vector has t't ~ 1e-16 of the trace (below 1e-12 of it) while XᵀY is not yet explained
+    # (1e-8 > 1e-12 of its size): the fit stops there and the second component is zero
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(60, 1, generator=g, dtype=torch.float64), torch.randn(60, 1, generator=g, dtype=torch.float64)
+    labels = torch.randint(0, 3, (60,), generator=g)
+    x, y = torch.cat([a + labels[:, None], a + labels[:, None] + 1e-8 * b], 1), F.one_hot(labels, 3).double()
+    fit = pls2_kernel(streamed(x, y), 2)
+    assert fit is not None and fit.score_ss[0] > 1 and fit.score_ss[1] == 0
+    assert not fit.x_weights[:, 1].any() and not fit.y_loadings[:, 1].any()
+    ref = pls2(x, y, 1)
+    torch.testing.assert_close(fit.x_weights[:, :1], ref.x_weights, rtol=0, atol=1e-6)
+
+
+def _two_ranks(monkeypatch):
+    import filterprune.distributed as dist_mod
+
+    ranks = _TwoRanks()
+    monkeypatch.setattr(dist_mod, "current_shard", lambda: (ranks.local.rank, 2))
+    monkeypatch.setattr(dist_mod, "all_reduce_sum", lambda t: ranks.reduce(t, torch.add))
+    monkeypatch.setattr(dist_mod, "all_reduce_max", lambda t: ranks.reduce(t, torch.maximum))
+    return ranks
+
+
+def test_all_reduce_of_one_row_on_one_rank_gives_both_ranks_that_row(monkeypatch):
+    ranks = _two_ranks(monkeypatch)
+    row, target = torch.tensor([[2.0, -1.0, 5.0]], dtype=torch.float64), torch.tensor([[0.0, 1.0]], dtype=torch.float64)
+
+    def work(rank):
+        s = CrossProducts(3, 2)
+        if rank == 0:
+            s.update(row, target)
+        return s.all_reduce()
+
+    for s in ranks.run(work):
+        assert s.n == 1 and s.mean_x.tolist() == row[0].tolist() and s.mean_y.tolist() == target[0].tolist()
+        assert not s.sxx.any() and not s.sxy.any() and not s.syy.any()
+
+
+def test_all_reduce_counts_rows_beyond_float32_exactly(monkeypatch):
+    # 2**24 + 1 rows of x = 1 on rank 0 (float32 would round that count to 2**24), one row x = 3 on rank 1:
+    # n = 2**24 + 2, mean = (n0 + 3) / n, co-moment = n0 * 1 / n * (3 - 1)^2
+    ranks = _two_ranks(monkeypatch)
+    n0 = 2**24 + 1
+
+    def work(rank):
+        s = CrossProducts(1, 1)
+        if rank == 0:
+            s.n, s.mean_x = n0, torch.ones(1, dtype=torch.float64)
+        else:
+            s.update(torch.full((1, 1), 3.0, dtype=torch.float64), torch.zeros(1, 1, dtype=torch.float64))
+        return s.all_reduce()
+
+    for s in ranks.run(work):
+        assert s.n == n0 + 1
+        assert float(s.mean_x[0]) == pytest.approx((n0 + 3) / (n0 + 1), rel=1e-15)
+        assert float(s.sxx[0, 0]) == pytest.approx(n0 / (n0 + 1) * 4, rel=1e-12)

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from criteria_nets import member, two_conv
 from sklearn.cross_decomposition import PLSRegression
 
-from filterprune.criteria import ScoringContext, create_criterion
+from filterprune.criteria import ScoringContext, ScoringError, create_criterion
 from filterprune.criteria._features import Block, collect_pooled
 from filterprune.criteria._pls import pls2, vip
 from filterprune.graph import ChannelGroup
@@ -277,3 +277,154 @@ def test_pls_vip_reads_its_share_of_the_data(monkeypatch, distributed, data_cls,
     assert kw["shard"] == shard and kw["interleave"] is interleave
     assert kw["samples"] == 20 and kw["pooling"] == "avg" and kw["num_classes"] == 10
     assert kw["device"] == torch.device("cpu")
+
+
+# ---- issue 14, session 15: survivors of PLSVIP.compute / columns and of _pls.vip ---------------------
+
+
+class _SharedInTwo(list):
+    shard = (1, 2)  # a loader built with shard= for 2 processes
+
+
+def test_pls_vip_reads_a_loader_sharded_over_two_processes_as_it_is(monkeypatch):
+    import filterprune.criteria._features as features_mod
+    import filterprune.criteria.pls_vip as pls_vip_mod
+    import filterprune.distributed as dist_mod
+
+    model, x, groups = two_conv()
+    calls = []
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs)
+        return features_mod.iter_pooled(*args, **{**kwargs, "shard": (0, 1)})
+
+    monkeypatch.setattr(pls_vip_mod, "iter_pooled", spy)
+    monkeypatch.setattr(dist_mod, "current_shard", lambda: (1, 2))
+    monkeypatch.setattr(pls_vip_mod.CrossProducts, "all_reduce", lambda self: self)
+    create_criterion("pls-vip").score(ScoringContext(model, x, groups, data=_SharedInTwo(labelled_batches())))
+    (kw,) = calls
+    assert kw["shard"] == (1, 2) and kw["interleave"] is False
+
+
+@pytest.mark.parametrize("distributed, world, reduced", [(True, 2, 1), ("auto", 2, 1), (False, 3, 0), (True, 1, 0)])
+def test_pls_vip_sums_its_statistics_over_processes_only_when_distributed(monkeypatch, distributed, world, reduced):
+    import filterprune.criteria.pls_vip as pls_vip_mod
+    import filterprune.distributed as dist_mod
+
+    model, x, groups = two_conv()
+    calls = []
+
+    def all_reduce(self):
+        calls.append(self.n)
+        return self
+
+    monkeypatch.setattr(dist_mod, "current_shard", lambda: (0, world))
+    monkeypatch.setattr(pls_vip_mod.CrossProducts, "all_reduce", all_reduce)
+    create_criterion("pls-vip", distributed=distributed).score(ScoringContext(model, x, groups, data=labelled_batches()))
+    assert len(calls) == reduced
+
+
+class _TwoOutputs(torch.nn.Module):
+    """The 2-conv net returning ``(logits, features)``: no ``(B, K)`` output to count the classes from."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return self.net(x), x
+
+
+def test_pls_vip_of_a_model_without_a_class_output_counts_the_classes_from_the_labels():
+    net, x, groups = two_conv()
+    model = _TwoOutputs(net)
+    groups = [ChannelGroup(g.id, g.size, tuple(type(m)(f"net.{m.module}", m.kind, m.module_type, m.idxs)
+                                                for m in g.members), g.prunable) for g in groups]
+    data = [(b, y + 20 * (i == 3)) for i, (b, y) in enumerate(labelled_batches())]  # the last batch: labels 20..24
+    scores = create_criterion("pls-vip").score(ScoringContext(model, x, groups, data=data))
+    feats, _ = hand_features(net, [(b, y % 10) for b, y in data])  # the features alone
+    labels = torch.cat([y for _, y in data])
+    ref = sklearn_vip(feats, F.one_hot(labels).double().numpy(), tol=1e-15, max_iter=10_000)
+    torch.testing.assert_close(scores["conv1"], torch.from_numpy(ref[:4]).float(), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(scores["conv2"], torch.from_numpy(ref[4:]).float(), rtol=1e-4, atol=1e-5)
+
+
+def test_pls_vip_labels_beyond_the_model_outputs_are_classes_of_their_own():
+    model, x, groups = two_conv()  # 10 outputs
+    data = [(b, y + 8) for b, y in labelled_batches()]  # labels 8..12
+    scores = create_criterion("pls-vip").score(ScoringContext(model, x, groups, data=data))
+    feats, _ = hand_features(model, [(b, y % 10) for b, y in data])  # the features alone
+    labels = torch.cat([y for _, y in data])
+    ref = sklearn_vip(feats, F.one_hot(labels).double().numpy(), tol=1e-15, max_iter=10_000)
+    torch.testing.assert_close(scores["conv1"], torch.from_numpy(ref[:4]).float(), rtol=1e-4, atol=1e-5)
+
+
+def test_pls_vip_without_images_refuses_and_one_image_explains_nothing():
+    model, x, groups = two_conv()
+    crit = create_criterion("pls-vip")
+    with pytest.raises(ScoringError, match=r"^pls-vip: the data yielded no image$"):
+        crit.score(ScoringContext(model, x, groups, data=[]))
+    one = [(labelled_batches()[0][0][:1], torch.tensor([3]))]
+    scores = crit.score(ScoringContext(model, x, groups, data=one))
+    # one row: nothing varies, no component; every VIP is 1, and so every channel's mean
+    assert {gid: s.tolist() for gid, s in scores.items()} == {"conv1": [1.0] * 4, "conv2": [1.0] * 6}
+
+
+@pytest.mark.parametrize("h", [1, 3])
+def test_pls_vip_fits_the_number_of_components_asked(h):
+    model, x, groups = two_conv()
+    data = labelled_batches()
+    scores = create_criterion("pls-vip", n_components=h).score(ScoringContext(model, x, groups, data=data))
+    feats, onehot = hand_features(model, data)
+    ref = torch.from_numpy(sklearn_vip(feats, onehot, h, tol=1e-15, max_iter=10_000)).float()
+    torch.testing.assert_close(torch.cat([scores["conv1"], scores["conv2"]]), ref, rtol=1e-4, atol=1e-5)
+    two = create_criterion("pls-vip").score(ScoringContext(model, x, groups, data=data))
+    assert not torch.allclose(two["conv1"], scores["conv1"], atol=1e-3)  # h matters on this problem
+
+
+def test_columns_read_conv_outputs_before_bn_without_relu_and_bn_outputs_after_it_with_relu():
+    from filterprune.criteria.pls_vip import PLSVIP
+
+    model, _, groups = two_conv()
+    blocks, owner = PLSVIP().columns(model, groups[:2])
+    assert blocks == [Block("conv1", (0, 1, 2, 3), False), Block("conv2", (0, 1, 2, 3, 4, 5), False)]
+    assert owner.tolist() == list(range(10))
+    blocks, _ = PLSVIP(position="post_act").columns(model, groups[:2])
+    assert blocks == [Block("bn1", (0, 1, 2, 3), True), Block("bn2", (0, 1, 2, 3, 4, 5), True)]
+
+
+def test_columns_number_the_channels_of_three_groups_one_after_another():
+    from filterprune.criteria.pls_vip import PLSVIP
+
+    model, _, groups = two_conv()  # sizes 4, 6, 10
+    _, owner = PLSVIP().columns(model, groups)
+    assert owner.tolist() == list(range(20))
+
+
+def test_columns_refuse_a_group_that_no_layer_outputs():
+    from filterprune.criteria.pls_vip import PLSVIP
+
+    model, _, _ = two_conv()
+    only_in = ChannelGroup("conv9", 2, (member("conv2", "in", "Conv2d", 2),))
+    with pytest.raises(ScoringError, match=r"^pls-vip: group conv9 has no layer whose output carries its channels$"):
+        PLSVIP().columns(model, [only_in])
+
+
+def test_vip_divides_each_weight_column_by_its_norm():
+    # hand-built fit: w_1 = (0.3, 0.4, 0) has norm 0.5, w_2 = (0, 1.2, 1.6) norm 2; s_1 = 2 * 1, s_2 = 1 * 4
+    from filterprune.criteria._pls import PLSResult
+
+    w = torch.tensor([[0.3, 0.0], [0.4, 1.2], [0.0, 1.6]], dtype=torch.float64)
+    q = torch.tensor([[1.0, 2.0]], dtype=torch.float64)
+    fit = PLSResult(w, None, torch.zeros(3, 2, dtype=torch.float64), q, torch.zeros(3, dtype=torch.float64),
+                    torch.ones(3, dtype=torch.float64), score_ss=torch.tensor([2.0, 1.0], dtype=torch.float64))
+    # VIP_j^2 = 3 * (2 * wn_j1^2 + 4 * wn_j2^2) / 6, wn_1 = (0.6, 0.8, 0), wn_2 = (0, 0.6, 0.8)
+    expected = torch.tensor([3 * 2 * 0.36 / 6, 3 * (2 * 0.64 + 4 * 0.36) / 6, 3 * 4 * 0.64 / 6], dtype=torch.float64).sqrt()
+    torch.testing.assert_close(vip(fit), expected, rtol=1e-12, atol=0)
+
+
+def test_vip_of_a_fit_that_explains_nothing_is_float64_ones():
+    x = torch.ones(10, 5, dtype=torch.float64)
+    y = F.one_hot(torch.arange(10) % 2).double()
+    v = vip(pls2(x, y))
+    assert v.dtype == torch.float64 and v.tolist() == [1.0] * 5

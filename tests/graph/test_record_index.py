@@ -49,3 +49,25 @@ def test_keep_idxs_is_the_complement_of_the_plan_in_order():
     group = ChannelGroup("conv1", 6, ())
     assert PrunePlan({"conv1": [4, 1]}).keep_idxs(group) == [0, 2, 3, 5]
     assert PrunePlan({"other": [0]}).keep_idxs(group) == list(range(6))
+
+
+def test_refusal_message_of_two_refusals_counts_one_more():
+    # issue 14, session 15: "(and N more)" from two refusals on
+    from filterprune.graph.trace import _refusal_message
+
+    assert _refusal_message([("conv2", "a view"), ("conv1", "a gather")]) == (
+        "group conv2: cannot prune through a view (and 1 more); to keep these channels whole pass "
+        "ignored_layers=['conv1', 'conv2']")
+
+
+def test_members_of_filters_by_kind_and_by_module_type_in_member_order():
+    from filterprune.graph.groups import ChannelGroup, Member
+
+    conv1, bn1 = Member("conv1", "out", "Conv2d", ((0,),)), Member("bn1", "out", "BatchNorm2d", ((0,),))
+    conv2, bn2 = Member("conv2", "in", "Conv2d", ((0,),)), Member("bn2", "in", "BatchNorm2d", ((0,),))
+    group = ChannelGroup("conv1", 1, (conv1, bn1, conv2, bn2))
+    assert group.members_of() == [conv1, bn1, conv2, bn2]
+    assert group.members_of("out") == [conv1, bn1]
+    assert group.members_of(module_type="Conv2d") == [conv1, conv2]
+    assert group.members_of("in", "BatchNorm2d") == [bn2]
+    assert group.members_of("out", "Linear") == []

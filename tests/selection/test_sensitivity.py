@@ -247,3 +247,12 @@ def test_loss_and_accuracy_equals_the_cross_entropy_and_top1_written_out():
     assert measured["acc"] == pytest.approx(100.0 * correct / 8)
     with pytest.raises(ValueError, match=r"^sensitivity needs at least one \(x, y\) batch$"):
         loss_and_accuracy([])
+
+
+def test_loss_and_accuracy_of_a_model_without_parameters():
+    # issue 14, session 15: the device comes from the parameters; a parameterless model runs on the CPU
+    logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    y = torch.tensor([0, 2])
+    measured = loss_and_accuracy([(logits, y)])(nn.Identity())
+    expected = (-(logits[0].log_softmax(0)[0]) - logits[1].log_softmax(0)[2]) / 2
+    assert measured == {"loss": pytest.approx(float(expected), rel=1e-6), "acc": 50.0, "images": 2}

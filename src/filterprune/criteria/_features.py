@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import closing
+from contextlib import closing, suppress
 from dataclasses import dataclass
 
 import torch
@@ -164,7 +164,10 @@ def iter_pooled(
     try:
         with evaluating(model):  # eval mode, no grad, flags restored
             # reading stops early with ``samples``: no total, so no misleading ETA then
-            total = len(data) if samples is None and hasattr(data, "__len__") else None  # type: ignore[arg-type]
+            total = None
+            if samples is None:
+                with suppress(TypeError):  # a DataLoader over an IterableDataset has __len__ but no length
+                    total = len(data)  # type: ignore[arg-type]
             for index, (x, y) in enumerate(progress(data, total=total, desc="pls-vip features", unit="batch")):
                 if interleave and index % world != rank:
                     continue
@@ -176,7 +179,7 @@ def iter_pooled(
                     continue
                 if keep is not None:
                     x, y = x[keep.to(x.device)], y[keep]
-                state["buf"], state["calls"] = torch.empty(len(y), width), {}
+                state["buf"], state["calls"] = torch.empty(len(y), width, dtype=torch.float32), {}
                 model(x.to(device))
                 buf = state["buf"]
                 if pooling == "avg":

@@ -57,6 +57,9 @@ def tie_channels(model: nn.Module, group: ChannelGroup, pairs=()) -> tuple[Chann
         block = width // module.groups
         owner = {i: c for c, idxs in enumerate(member.idxs) for i in idxs}
         for i, c in owner.items():
+            if i >= block and i - block not in owner:  # position i - block of the conv group before: another group's
+                return group, (f"{member.module} (groups={module.groups}) reads channels of this group and of "
+                               "others in its conv groups")
             j = i + block
             if j >= width:
                 continue

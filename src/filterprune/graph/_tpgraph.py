@@ -188,6 +188,7 @@ def build_graph(model: nn.Module, example_inputs: Inputs) -> tuple[tp.Dependency
     whose output tensor is itself a model output (torch-pruning adds no output node there), and the
     record of every op of the traced forward pass."""
     produced: dict[int, nn.Module] = {}
+    alive: list[torch.Tensor] = []  # every hooked output held until the trace ends: an id is never reused
     outputs: set[nn.Module] = set()
 
     def run(m, x):
@@ -204,6 +205,7 @@ def build_graph(model: nn.Module, example_inputs: Inputs) -> tuple[tp.Dependency
     def record(module, inputs, out):
         if isinstance(out, torch.Tensor):
             produced[id(out)] = module
+            alive.append(out)  # else a freed output's id can come back as the model's output's (found: ~1 run in 15)
             if isinstance(module, nn.PReLU):
                 widthless.widths[module] = int(out.shape[1]) if out.dim() > 1 else 1
 
