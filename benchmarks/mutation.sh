@@ -33,12 +33,17 @@ shift || true
 name=$(printf '%s' "${only:-all}" | sed 's#^src/filterprune/##; s#[/*.]#_#g')
 work=${MUTMUT_DIR:-/tmp/filterprune-mutation/$name}
 mkdir -p "$work"
+old_sums=$( (cd "$work" && find src -name '*.py' -exec md5sum {} + 2>/dev/null || true) | sort)
 if [ -n "${MUTMUT_REV:-}" ]; then  # a committed revision, e.g. the suite as it was before new tests
     rm -rf "$work/src" "$work/tests" "$work/mutants/tests"
     (cd "$repo" && git archive "$MUTMUT_REV") | tar -xf - -C "$work"
 else
     (cd "$repo" && git ls-files -co --exclude-standard) | (cd "$repo" && tar -cf - -T -) | tar -xf - -C "$work"
 fi
+# mutmut regenerates a module's mutants only when the source is newer than them: a file copied with an
+# older mtime (an edit made before the last run, or an older revision) is touched when its content changed
+new_sums=$( (cd "$work" && find src -name '*.py' -exec md5sum {} +) | sort)
+comm -13 <(echo "$old_sums") <(echo "$new_sums") | awk '{print $2}' | (cd "$work" && xargs -r touch)
 for f in ${MUTMUT_WITHOUT:-}; do
     printf '"""Emptied by benchmarks/mutation.sh (MUTMUT_WITHOUT): the run measures the suite before it."""\n' > "$work/$f"
 done

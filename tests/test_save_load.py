@@ -108,8 +108,12 @@ def test_user_model_needs_an_instance_and_the_right_class(tmp_path, usernets):
         fp.load(path, model=usernets.FlatNet())
 
 
-def test_registered_user_model_loads_by_name(tmp_path):
+def test_registered_user_model_loads_by_name(tmp_path, monkeypatch):
     """``@fp.register_model`` + ``fp.create_model``: the checkpoint rebuilds it by name."""
+    from filterprune.models._registry import MODELS
+
+    # the registration ends with the test (a second run in one process, as mutmut's, registers it again)
+    monkeypatch.setattr(MODELS, "_factories", dict(MODELS._factories))
 
     @fp.register_model
     def s11_test_chain(num_classes: int = 10, width: int = 8):

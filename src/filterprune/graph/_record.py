@@ -129,6 +129,15 @@ class OpRecorder(TorchFunctionMode):
             return out.dim() - 1, False
         if any(k in name for k in _AXIS_1):
             return 1, False
+        if name == "cat" or name == "stack" or name == "concat":  # the tensors sit in a list, not in ``ins``
+            seq = args[0] if args else kwargs.get("tensors", ())
+            first = next((t for t in seq if isinstance(t, Tensor)), None)
+            a = self.axis_of(first) if first is not None else 1
+            if a is None or name != "stack":
+                return a, False
+            d = _dims(args, kwargs)  # stack inserts a new axis at dim: the channel axis moves up if it is at or after it
+            d = d[0] % out.dim() if d else 0
+            return (a + 1 if d <= a else a), False
         if not ins:
             return (1 if out.dim() > 1 else None), False
         x = ins[0]
@@ -141,11 +150,15 @@ class OpRecorder(TorchFunctionMode):
             dims = [d % nd for d in dims]
             return (dims.index(a) if a in dims else None), False
         if name in ("transpose", "swapaxes", "swapdims", "movedim", "moveaxis"):
-            i, j = (args[1] % nd, args[2] % nd) if len(args) > 2 else (0, 0)
-            if name in ("movedim", "moveaxis"):
-                order = list(range(nd))
-                order.insert(j, order.pop(i))
-                return order.index(a), False
+            keys = (("dim0", "axis0", "source"), ("dim1", "axis1", "destination"))  # the dims may be keywords
+            i, j = (args[1 + k] if len(args) > 1 + k else next((kwargs[n] for n in keys[k] if n in kwargs), 0)
+                    for k in range(2))
+            if name in ("movedim", "moveaxis"):  # source/destination: ints or sequences of ints
+                src, dst = ([d % nd for d in ((d,) if isinstance(d, int) else d)] for d in (i, j))
+                rest = iter(k for k in range(nd) if k not in src)
+                order = dict(zip(dst, src, strict=True))
+                return [order[k] if k in order else next(rest) for k in range(nd)].index(a), False
+            i, j = i % nd, j % nd
             return (j if a == i else i if a == j else a), False
         if name in _RESHAPES or name == "contiguous":
             if tuple(x.shape) == tuple(out.shape):
@@ -166,11 +179,6 @@ class OpRecorder(TorchFunctionMode):
             if a in dims:
                 return (a if keep else None), True
             return (a if keep else a - sum(d < a for d in dims)), False
-        if name == "cat" or name == "stack" or name == "concat":
-            seq = args[0] if args else kwargs.get("tensors", ())
-            first = next((t for t in seq if isinstance(t, Tensor)), None)
-            a = self.axis_of(first) if first is not None else 1
-            return (a + (out.dim() - first.dim()) if a is not None else None), False
         # elementwise and the rest: the operand that has the result's rank gives the axis
         same = [t for t in ins if t.dim() == out.dim() and self.axis_of(t) is not None]
         if same:

@@ -1,0 +1,70 @@
+"""The torch-pruning graph adapters (``graph._tpgraph``): PReLU widths, slice index mapping.
+
+Hand oracles: a shared-slope ``PReLU()`` between a conv and a flatten into a Linear passes the conv's
+channels through at their traced width, so the Linear's inputs are the conv's channel blocks of H*W
+features; ``_Within`` keeps exactly the indices in ``[0, limit)``; chained splits are kept whole, not
+crashed on.
+"""
+
+from __future__ import annotations
+
+import copy
+from types import SimpleNamespace
+
+import torch
+from torch import nn
+
+from filterprune.graph._tpgraph import _Within
+from filterprune.graph.groups import PrunePlan
+from filterprune.graph.masking import masked_plan
+from filterprune.graph.surgery import apply_plan
+from filterprune.graph.trace import trace_groups
+
+
+class _PreluFlatten(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.act, self.fc = nn.Conv2d(3, 4, 1), nn.PReLU(), nn.Linear(4 * 3 * 3, 5)
+
+    def forward(self, x):
+        return self.fc(self.act(self.conv(x)).flatten(1))
+
+
+def test_a_shared_slope_prelu_before_a_flatten_maps_each_channel_to_its_block_of_features():
+    torch.manual_seed(0)
+    model, x = _PreluFlatten().eval(), torch.randn(2, 3, 3, 3)
+    groups = trace_groups(model, x)
+    conv = next(g for g in groups if g.id == "conv")
+    assert conv.prunable and conv.size == 4
+    fc = next(m for m in conv.members if m.module == "fc")
+    assert fc.idxs == tuple(tuple(range(9 * c, 9 * c + 9)) for c in range(4))
+    plan = PrunePlan({"conv": [2]})
+    with torch.no_grad(), masked_plan(model, groups, plan):
+        expected = model(x)
+    pruned = apply_plan(copy.deepcopy(model), groups, plan)
+    assert pruned.fc.in_features == 27
+    torch.testing.assert_close(pruned(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_within_keeps_the_indices_from_zero_up_to_the_limit():
+    idxs = [SimpleNamespace(idx=i) for i in (0, 3, 4, 5, -1, 2)]
+    assert [i.idx for i in _Within(5)(idxs)] == [0, 3, 4, 2]
+    assert _Within(0)(idxs) == []
+
+
+class _ChainedSplits(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.head = nn.Conv2d(3, 6, 1), nn.Conv2d(5, 4, 1)
+
+    def forward(self, x):
+        a, b = self.conv(x).split([2, 4], 1)
+        c, d = b.split([1, 3], 1)
+        return self.head(torch.cat([a, d], 1)).mean((2, 3))
+
+
+def test_chained_uneven_splits_keep_the_group_whole_with_the_reason():
+    groups = {g.id: g for g in trace_groups(_ChainedSplits(), torch.randn(2, 3, 4, 4))}
+    assert not groups["conv"].prunable
+    assert groups["conv"].reason == "split in the model forward (_ChainedSplits) cuts the channel axis into pieces " \
+                                    "of fixed size"
