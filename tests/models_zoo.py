@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from filterprune.graph.trace import trace_groups
+
 NUM_CLASSES = 10
 
 
@@ -24,6 +26,16 @@ def _cbr(cin: int, cout: int, stride: int = 1, groups: int = 1) -> nn.Sequential
     return nn.Sequential(
         nn.Conv2d(cin, cout, 3, stride, 1, groups=groups, bias=False), nn.BatchNorm2d(cout), nn.ReLU()
     )
+
+
+def pointwise_chain(widths=(8, 8), batch=1):
+    """Seeded 1x1 convs 3 -> a -> b -> 4 (ReLUs between) in eval mode, a (batch, 3, 4, 4) input and the
+    traced groups: ``"0"`` (a channels) feeds ``"2"`` (b channels); ``"4"`` is the output and stays whole."""
+    torch.manual_seed(0)
+    a, b = widths
+    model = nn.Sequential(nn.Conv2d(3, a, 1), nn.ReLU(), nn.Conv2d(a, b, 1), nn.ReLU(), nn.Conv2d(b, 4, 1)).eval()
+    x = torch.randn(batch, 3, 4, 4)
+    return model, x, trace_groups(model, x)
 
 
 class ConvChain(nn.Module):

@@ -4,26 +4,13 @@ what they call equivalent decides the reported score, so each rule is pinned aga
 from __future__ import annotations
 
 import hashlib
-import importlib.util
-import sys
 
 import pytest
 
-from shared_paths import REPO_ROOT
+from shared_paths import load_benchmark_script
 
 pytest.importorskip("mutmut")
 
-
-def _script(name: str):
-    folder = str(REPO_ROOT / "benchmarks")
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", f"{folder}/{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.path.insert(0, folder)
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(folder)
-    return module
 
 
 ORIG = '''
@@ -44,7 +31,7 @@ def x_f__mutmut_orig(data, n):
     ('print("read %d of %d",\n                n, total)', False),
 ])
 def test_a_change_inside_a_debug_or_info_call_is_equivalent_and_nothing_else(tmp_path, mutant, equivalent):
-    report = _script("mutation_report")
+    report = load_benchmark_script("mutation_report")
     mutated = ORIG.replace('logger.info("read %d of %d",\n                n, total)', mutant)
     mutated = mutated.replace("x_f__mutmut_orig", "x_f__mutmut_1")
     path = tmp_path / "mutants" / "src" / "pkg" / "mod.py"
@@ -61,7 +48,7 @@ def test_a_change_inside_a_debug_or_info_call_is_equivalent_and_nothing_else(tmp
     ("n += x", "n -= x", False),
 ])
 def test_only_the_display_keywords_of_progress_are_dropped(tmp_path, old, new, equivalent):
-    report = _script("mutation_report")
+    report = load_benchmark_script("mutation_report")
     mutated = ORIG.replace(old, new).replace("x_f__mutmut_orig", "x_f__mutmut_2")
     path = tmp_path / "mutants" / "src" / "pkg" / "mod.py"
     path.parent.mkdir(parents=True)
@@ -77,12 +64,12 @@ def test_only_the_display_keywords_of_progress_are_dropped(tmp_path, old, new, e
     (["-y = w.to(device)", "+y = None"], None),
 ])
 def test_line_rules(lines, reason):
-    report = _script("mutation_report")
+    report = load_benchmark_script("mutation_report")
     assert report.rule_equivalent(lines) == (getattr(report, reason) if reason else None)
 
 
 def test_the_sample_is_the_hash_threshold_and_its_share_is_the_fraction():
-    sample = _script("mutmut_sample")
+    sample = load_benchmark_script("mutmut_sample")
     names = [f"pkg.mod.x_f__mutmut_{i}" for i in range(4000)]
     for name in names[:50]:  # the rule, recomputed independently
         frac = int(hashlib.sha256(f"7:{name}".encode()).hexdigest(), 16) / 2 ** 256

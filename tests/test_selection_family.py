@@ -23,6 +23,7 @@ import pytest
 import torch
 
 import filterprune.selection as sel
+from filterprune.graph.groups import PrunePlan
 from filterprune.graph.surgery import apply_plan
 from filterprune.graph.trace import trace_groups
 from filterprune.metrics import count
@@ -103,17 +104,21 @@ def test_analytic_fractions_equal_the_count_of_the_pruned_model(name):
         assert got["target_params"] == pytest.approx(1 - params1 / params0, abs=1e-9)
 
 
-def test_analytic_against_a_baseline_of_an_earlier_step():
+def _conv_chain_after_a_step():
+    """conv_chain on one sample, already pruned once (channels 0 and 1 of every prunable group): the model,
+    its input, its groups now, the baseline counted before that step and the (MACs, params) it has now."""
     model, x = build("conv_chain")
     x = x[:1]
     groups = trace_groups(model, x)
-    macs0, params0 = count(model, x)
-    base = Baseline(macs0, params0, {g.id: g.size for g in groups})
-    first = {g.id: [0, 1] for g in groups if g.prunable}
-    from filterprune.graph.groups import PrunePlan
-    apply_plan(model, groups, PrunePlan(first))
+    base = Baseline(*count(model, x), {g.id: g.size for g in groups})
+    apply_plan(model, groups, PrunePlan({g.id: [0, 1] for g in groups if g.prunable}))
     groups = trace_groups(model, x)
-    now = count(model, x)
+    return model, x, groups, base, count(model, x)
+
+
+def test_analytic_against_a_baseline_of_an_earlier_step():
+    model, x, groups, base, now = _conv_chain_after_a_step()
+    macs0, params0 = base.macs, base.params
     opts = SelectOptions(target_macs=0.5)
     scores = {g.id: torch.arange(g.size, dtype=torch.float) for g in groups if g.prunable}
     fam = _Family(_candidates(groups, scores, opts, base), opts, base, CostModel(model, x))
@@ -327,17 +332,10 @@ def test_cost_keys_after_an_earlier_step_charge_only_the_macs_this_step_saves():
     # the first key of every group is importance / (MACs saved by its lowest channel, over the baseline's),
     # the saving counted on the physically pruned model; the model is already pruned once, so the
     # fraction removed before this step (about a quarter) must not enter the key
-    from filterprune.graph.groups import PrunePlan
     from filterprune.selection.allocation import cost_keys
 
-    model, x = build("conv_chain")
-    x = x[:1]
-    groups = trace_groups(model, x)
-    macs0, params0 = count(model, x)
-    base = Baseline(macs0, params0, {g.id: g.size for g in groups})
-    apply_plan(model, groups, PrunePlan({g.id: [0, 1] for g in groups if g.prunable}))
-    groups = trace_groups(model, x)
-    now = count(model, x)
+    model, x, groups, base, now = _conv_chain_after_a_step()
+    macs0 = base.macs
     assert now[0] < 0.9 * macs0
     opts = SelectOptions(target_macs=0.5, normalize="none", allocation="cost")
     scores = {g.id: torch.arange(1.0, g.size + 1) for g in groups if g.prunable}  # channel 0 scores 1

@@ -10,21 +10,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 
 from filterprune.errors import PruningError
 from filterprune.graph.groups import PrunePlan
 from filterprune.graph.surgery import apply_plan
 from filterprune.graph.trace import trace_groups
 from filterprune.selection import Baseline, SelectOptions, _normalized, select
-
-
-def _chain(widths=(8, 8)):
-    torch.manual_seed(0)
-    a, b = widths
-    model = nn.Sequential(nn.Conv2d(3, a, 1), nn.ReLU(), nn.Conv2d(a, b, 1), nn.ReLU(), nn.Conv2d(b, 4, 1)).eval()
-    x = torch.randn(1, 3, 4, 4)
-    return model, x, trace_groups(model, x)
+from models_zoo import pointwise_chain
 
 
 def _low_high(groups):
@@ -34,7 +26,7 @@ def _low_high(groups):
 
 
 def _plan(opts, widths=(8, 8)):
-    model, x, groups = _chain(widths)
+    model, x, groups = pointwise_chain(widths)
     return select(model, x, groups, _low_high(groups), opts).prune_idxs
 
 
@@ -47,7 +39,7 @@ def test_min_channels_binds_at_exactly_min_channels():
 @pytest.mark.parametrize("min_channels, reachable", [(1, True), (2, False)])
 def test_min_channels_bound_on_one_group(min_channels, reachable):
     # one candidate group of 8 (the other is ignored, so not counted): ratio 7/8 keeps exactly one channel
-    model, x, groups = _chain()
+    model, x, groups = pointwise_chain()
     opts = SelectOptions(ratio=0.875, min_channels=min_channels, ignored_layers=("2",), normalize="none")
     if reachable:
         assert select(model, x, groups, _low_high(groups), opts).prune_idxs == {"0": list(range(7))}
@@ -67,7 +59,7 @@ def test_max_ratio_binds_in_one_step():
 
 
 def test_max_ratio_counts_channels_removed_in_earlier_steps():
-    model, x, groups = _chain()
+    model, x, groups = pointwise_chain()
     base = Baseline(0, 0, {g.id: g.size for g in groups})  # widths before the first step: 8 and 8
     apply_plan(model, groups, PrunePlan({"0": [0, 1, 2]}))  # step 1 took 3 of group "0"
     groups = trace_groups(model, x)
@@ -97,7 +89,7 @@ def test_mean_normalisation_ranks_groups_of_different_sizes():
     # group "0" (2 channels, scores 1, 3: mean 2) and group "2" (8 channels, 1..8: mean 4.5).
     # mean-normalised: "2" 0.22, 0.44, then "0" 0.5, then "2" 0.67 -> the 3 lowest are 2:0, 2:1, 0:0.
     # (sum-normalised, "0"'s 0.25 would rank above all of "2"'s, which stop at 8/36 = 0.22.)
-    model, x, groups = _chain((2, 8))
+    model, x, groups = pointwise_chain((2, 8))
     scores = {"0": torch.tensor([1.0, 3.0]), "2": torch.arange(1.0, 9.0)}
     plan = select(model, x, groups, scores, SelectOptions(ratio=0.3, normalize="mean"))
     assert plan.prune_idxs == {"0": [0], "2": [0, 1]}
@@ -114,20 +106,20 @@ def test_an_ignored_first_group_leaves_the_later_ones_to_selection():
 
 
 def test_groups_at_min_channels_cannot_lose_a_channel():
-    model, x, groups = _chain()
+    model, x, groups = pointwise_chain()
     with pytest.raises(PruningError, match="cannot reach ratio=0.0625"):
         select(model, x, groups, _low_high(groups), SelectOptions(ratio=0.0625, min_channels=8))
 
 
 def test_a_baseline_without_a_group_counts_its_current_width():
-    model, x, groups = _chain()
+    model, x, groups = pointwise_chain()
     plan = select(model, x, groups, _low_high(groups), SelectOptions(ratio=0.5, max_ratio=0.5, normalize="none"),
                   base=Baseline(0, 0, {}))
     assert plan.prune_idxs == {"0": [0, 1, 2, 3], "2": [0, 1, 2, 3]}
 
 
 def test_non_finite_scores_are_refused_by_name():
-    model, x, groups = _chain()
+    model, x, groups = pointwise_chain()
     scores = _low_high(groups)
     scores["0"][3] = float("nan")
     with pytest.raises(ValueError, match=r"^scores for group 0 are not all finite$"):

@@ -51,6 +51,15 @@ def _fast_and_naive(model, groups, batches, **kw):
     return fast, naive
 
 
+def _traced_fast_and_naive(net, x_shape, batch_shape):
+    """``net()`` seeded, traced on a ``x_shape`` input, with both engines on one labelled ``batch_shape`` batch."""
+    torch.manual_seed(0)
+    model, x = net().eval(), torch.randn(*x_shape)
+    groups = trace_groups(model, x)
+    batches = _labelled(model, [torch.randn(*batch_shape, generator=torch.Generator().manual_seed(1))])
+    return (groups, *_fast_and_naive(model, groups, batches))
+
+
 # ---- networks -------------------------------------------------------------------------------------
 
 
@@ -127,11 +136,7 @@ class ReadsABuffer(nn.Module):
 
 
 def test_a_buffer_read_in_forward_is_replayed():
-    torch.manual_seed(0)
-    model, x = ReadsABuffer().eval(), torch.randn(2, 3, 6, 6)
-    groups = trace_groups(model, x)
-    batches = _labelled(model, [torch.randn(6, 3, 6, 6, generator=torch.Generator().manual_seed(1))])
-    fast, naive = _fast_and_naive(model, groups, batches)
+    groups, fast, naive = _traced_fast_and_naive(ReadsABuffer, (2, 3, 6, 6), (6, 3, 6, 6))
     _assert_same_stats(fast.evaluate(_requests(groups)), naive.evaluate(_requests(groups)))
 
 
@@ -149,11 +154,7 @@ class ScalarInput(nn.Module):
 
 def test_a_one_dimensional_input_is_a_batch_tensor_of_the_suffix():
     """The suffix reads the (n,) input itself: it is cached and repeated per copy like any batch tensor."""
-    torch.manual_seed(0)
-    model, x = ScalarInput().eval(), torch.randn(5)
-    groups = trace_groups(model, x)
-    batches = _labelled(model, [torch.randn(12, generator=torch.Generator().manual_seed(1))])
-    fast, naive = _fast_and_naive(model, groups, batches)
+    groups, fast, naive = _traced_fast_and_naive(ScalarInput, (5,), (12,))
     assert "x" in [f.name for f in fast.plan(groups[0]).frontier]
     _assert_same_stats(fast.evaluate(_requests(groups)), naive.evaluate(_requests(groups)))
 
@@ -317,11 +318,7 @@ class InplaceResultReadLater(nn.Module):
 
 
 def test_a_cached_value_that_a_later_inplace_op_rewrites_is_kept_as_read():
-    torch.manual_seed(0)
-    model, x = InplaceResultReadLater().eval(), torch.randn(2, 3, 8, 8)
-    groups = trace_groups(model, x)
-    batches = _labelled(model, [torch.randn(8, 3, 8, 8, generator=torch.Generator().manual_seed(1))])
-    fast, naive = _fast_and_naive(model, groups, batches)
+    groups, fast, naive = _traced_fast_and_naive(InplaceResultReadLater, (2, 3, 8, 8), (8, 3, 8, 8))
     f, v = fast.evaluate(_requests(groups)), naive.evaluate(_requests(groups))
     _assert_same_stats(f, v)
     assert bool((f.rows[:, 1] != f.base[1]).all())

@@ -3,6 +3,7 @@ they touch are kept whole, with the reason (issue 14: ``_ties._whole`` ran in no
 
 import pytest
 import torch
+from graph_nets import UnshuffledInput
 from torch import nn
 
 from filterprune.graph.groups import ChannelGroup, Member
@@ -25,18 +26,6 @@ class _TwoInto(nn.Module):
         return self.head(getattr(self, self.name)(torch.cat([self.a(x), self.b(x)], 1))).mean((2, 3))
 
 
-class _UnshuffledInput(nn.Module):
-    """The image itself, unshuffled, added to a conv's output: that conv's channels come from image
-    channels that cannot go."""
-
-    def __init__(self):
-        super().__init__()
-        self.unshuffle, self.conv, self.head = nn.PixelUnshuffle(2), nn.Conv2d(3, 12, 2, stride=2), nn.Conv2d(12, 5, 1)
-
-    def forward(self, x):
-        return self.head(self.unshuffle(x) + self.conv(x)).mean((2, 3))
-
-
 def test_a_shuffle_block_across_two_groups_keeps_every_group_it_touches_whole():
     # found by this test: only the last group holding the shuffle's input was kept whole, so conv a
     # stayed prunable and pruning it failed at the check ("input.size(-3)=7 is not divisible by 4")
@@ -48,7 +37,7 @@ def test_a_shuffle_block_across_two_groups_keeps_every_group_it_touches_whole():
 
 
 def test_channels_fed_from_the_input_through_an_unshuffle_stay():
-    groups = {g.id: g for g in trace_groups(_UnshuffledInput(), torch.randn(2, 3, 8, 8))}
+    groups = {g.id: g for g in trace_groups(UnshuffledInput(), torch.randn(2, 3, 8, 8))}
     conv = groups["unshuffle"]  # the group is named after its first member
     assert not conv.prunable and conv.size == 12
     assert conv.reason == "its channels come through unshuffle (PixelUnshuffle) from channels that stay"
@@ -237,5 +226,5 @@ def test_a_shuffle_joins_the_groups_around_it_into_blocks_of_four_with_no_reason
 
 
 def test_a_group_kept_whole_for_a_shuffle_still_does_not_reach_the_output():
-    groups = {g.id: g for g in trace_groups(_UnshuffledInput(), torch.randn(2, 3, 8, 8))}
+    groups = {g.id: g for g in trace_groups(UnshuffledInput(), torch.randn(2, 3, 8, 8))}
     assert groups["unshuffle"].reaches_output is False and groups["head"].reaches_output is True

@@ -8,6 +8,7 @@ import re
 import pytest
 import torch
 import torch.nn.functional as F
+from graph_nets import MidNet, _Lambda
 from torch import nn
 
 from filterprune.errors import PruningError
@@ -113,29 +114,6 @@ def test_probe_catches_a_shuffle_the_op_check_misses(monkeypatch):
         trace_groups(model, x)
 
 
-class _Net(nn.Module):
-    """conv -> ``mid`` -> 1x1 conv -> linear, for refusal cases."""
-
-    def __init__(self, mid, c2_in=8):
-        super().__init__()
-        self.conv = nn.Conv2d(3, 8, 3, padding=1)
-        self.mid = mid
-        self.conv2 = nn.Conv2d(c2_in, 6, 1)
-        self.fc = nn.Linear(6, 10)
-
-    def forward(self, x):
-        return self.fc(self.conv2(self.mid(self.conv(x))).mean((2, 3)))
-
-
-class _Lambda(nn.Module):
-    def __init__(self, fn):
-        super().__init__()
-        self.fn = fn
-
-    def forward(self, x):
-        return self.fn(x)
-
-
 class _Scale(nn.Module):
     def __init__(self):
         super().__init__()
@@ -153,14 +131,14 @@ class _Scale(nn.Module):
     (_Lambda(lambda x: x * torch.sigmoid(x.mean(1, keepdim=True))), 8, r"mean in mid \(_Lambda\) reduces over the channels"),
 ])
 def test_ops_that_need_every_channel_keep_the_group_whole(mid, c2_in, match):
-    groups = _by_id(trace_groups(_Net(mid, c2_in).eval(), torch.randn(2, 3, 8, 8)))
+    groups = _by_id(trace_groups(MidNet(mid, c2_in).eval(), torch.randn(2, 3, 8, 8)))
     assert not groups["conv"].prunable
     assert re.search(match, groups["conv"].reason), groups["conv"].reason
     assert groups["conv2"].prunable
 
 
 def test_refusal_names_op_and_module_and_its_suggestion_works():
-    model, x = _Net(_Scale(), 8).eval(), torch.randn(2, 3, 8, 8)
+    model, x = MidNet(_Scale(), 8).eval(), torch.randn(2, 3, 8, 8)
     with pytest.raises(PruningError) as e:
         trace_groups(model, x)
     msg = str(e.value)

@@ -7,22 +7,13 @@ the model's output; it now holds every hooked output until the trace ends. The f
 allocation order, so the test traces 60 times: without the fix it failed in 2 of 3 runs."""
 
 import torch
-from torch import nn
+from graph_nets import UnshuffledInput
 
 from filterprune.graph.trace import trace_groups
 
 
-class _UnshuffledInput(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.unshuffle, self.conv, self.head = nn.PixelUnshuffle(2), nn.Conv2d(3, 12, 2, stride=2), nn.Conv2d(12, 5, 1)
-
-    def forward(self, x):
-        return self.head(self.unshuffle(x) + self.conv(x)).mean((2, 3))
-
-
 def test_sixty_traces_give_one_answer_and_no_spurious_model_output():
-    model, x = _UnshuffledInput(), torch.randn(2, 3, 8, 8)
+    model, x = UnshuffledInput(), torch.randn(2, 3, 8, 8)
     seen = set()
     for _ in range(60):
         groups = trace_groups(model, x)

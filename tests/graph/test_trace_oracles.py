@@ -22,6 +22,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
+from graph_nets import MidNet, _Lambda
 from torch import nn
 from torch_pruning import ops as tp_ops
 
@@ -32,31 +33,13 @@ from filterprune.graph.surgery import apply_plan
 from filterprune.graph.trace import _op_issue, _wrap_dim, trace_groups
 
 
-class _Lambda(nn.Module):
-    def __init__(self, fn):
-        super().__init__()
-        self.fn = fn
-
-    def forward(self, x):
-        return self.fn(x)
-
-
-class _Mid(nn.Module):
-    """conv (8 channels) -> ``mid`` -> 1x1 conv (``c2_in`` inputs) -> global mean -> linear."""
-
-    def __init__(self, fn, c2_in=8):
-        super().__init__()
-        self.conv = nn.Conv2d(3, 8, 3, padding=1)
-        self.mid = _Lambda(fn)
-        self.conv2 = nn.Conv2d(c2_in, 6, 1)
-        self.fc = nn.Linear(6, 10)
-
-    def forward(self, x):
-        return self.fc(self.conv2(self.mid(self.conv(x))).mean((2, 3)))
+def _mid(fn, c2_in=8):
+    """conv (8 channels) -> ``_Lambda(fn)`` as ``mid`` -> 1x1 conv (``c2_in`` inputs) -> global mean -> linear."""
+    return MidNet(_Lambda(fn), c2_in)
 
 
 def _conv_group(fn, c2_in=8):
-    groups = {g.id: g for g in trace_groups(_Mid(fn, c2_in).eval(), torch.randn(2, 3, 8, 8))}
+    groups = {g.id: g for g in trace_groups(_mid(fn, c2_in).eval(), torch.randn(2, 3, 8, 8))}
     assert groups["conv2"].prunable  # the op only concerns the first group
     return groups["conv"]
 
@@ -203,7 +186,7 @@ def test_ops_that_move_or_mix_channels_are_refused(fn, op):
     msg = (f"group conv: cannot prune through {op} in mid (_Lambda) moves or selects channels in a way the trace "
            "cannot follow; to keep these channels whole pass ignored_layers=['conv']")
     with pytest.raises(PruningError, match=f"^{re.escape(msg)}$"):
-        trace_groups(_Mid(fn).eval(), torch.randn(2, 3, 8, 8))
+        trace_groups(_mid(fn).eval(), torch.randn(2, 3, 8, 8))
 
 
 @pytest.mark.parametrize("fn", [lambda x: x.flip(3), lambda x: x.roll(1, 2)])
@@ -244,7 +227,7 @@ def test_an_ignored_group_gives_both_reasons():
     (which ignoring turns into a reason) or a keep."""
     groups = {g.id: g for g in trace_groups(_RootScale(), torch.randn(2, 3, 8, 8), ignored_layers=["conv"])}
     assert groups["conv"].reason == f"conv is ignored; {_ROOT_PARAM}" and not groups["conv"].prunable
-    model = _Mid(lambda x: torch.cat(_twice(x), 2))
+    model = _mid(lambda x: torch.cat(_twice(x), 2))
     groups = {g.id: g for g in trace_groups(model, torch.randn(2, 3, 8, 8), ignored_layers=[model.conv])}
     assert groups["conv"].reason == "conv is ignored; cat in mid (_Lambda) concatenates along a non-channel axis"
     assert groups["conv2"].prunable and groups["conv2"].reason == ""

@@ -3,9 +3,7 @@ tiny RGB ConvNet and synthetic data, checked against independent recomputations 
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 
 import pytest
 import torch
@@ -16,20 +14,7 @@ from filterprune.data import BatchLoader, DataSplits, synthetic_dataset
 from filterprune.interpret import kernel_colour_index, top_response_colour_index
 from filterprune.models import create_model
 from filterprune.train import fit
-from shared_paths import REPO_ROOT
-
-
-def script(name: str):
-    """The benchmark script ``benchmarks/<name>.py`` as a module, with its folder importable (as when run)."""
-    folder = str(REPO_ROOT / "benchmarks")
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", f"{folder}/{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.path.insert(0, folder)
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(folder)
-    return module
+from shared_paths import load_benchmark_script
 
 
 @pytest.fixture
@@ -48,7 +33,7 @@ def tiny(tmp_path):
 @pytest.mark.slow  # ~5 s alone: a greedy CAR, four fine-tunes, two CAR studies
 def test_layer_table_then_interpretability(tiny, tmp_path, monkeypatch):
     path, splits = tiny
-    table_mod, interp_mod = script("car_paper_layer"), script("interpretability")
+    table_mod, interp_mod = load_benchmark_script("car_paper_layer"), load_benchmark_script("interpretability")
     monkeypatch.setattr(table_mod, "load_data", lambda data: splits)
     monkeypatch.setattr(interp_mod, "load_data", lambda data: splits)
     table_path = tmp_path / "table.json"
@@ -98,7 +83,7 @@ def test_layer_table_then_interpretability(tiny, tmp_path, monkeypatch):
 
 
 def test_greedy_order_is_ignored_for_other_weights(tmp_path):
-    mod = script("interpretability")
+    mod = load_benchmark_script("interpretability")
     t = tmp_path / "t.json"
     t.write_text(json.dumps({"weights": "other.safetensors", "k": 1,
                              "runs": [{"layer": "a", "method": "car", "removal_order": [1, 0]}]}))
@@ -110,7 +95,7 @@ def test_greedy_order_is_ignored_for_other_weights(tmp_path):
 
 
 def test_greedy_only_recounts_an_existing_result(tmp_path):
-    mod = script("interpretability")
+    mod = load_benchmark_script("interpretability")
     weights = tmp_path / "w.safetensors"
     flags = [True, False, True, False, False, True]
 

@@ -10,40 +10,26 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 
-from filterprune.graph.trace import trace_groups
-from filterprune.selection import (
-    Baseline,
-    CostModel,
-    SelectOptions,
-    _analytic_count,
-    _candidates,
-    _Family,
-    baseline,
-    cost_keys,
-)
-
-
-def _chain():
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 8, 1), nn.ReLU(), nn.Conv2d(8, 8, 1), nn.ReLU(), nn.Conv2d(8, 4, 1)).eval()
-    x = torch.randn(2, 3, 4, 4)
-    return model, x, trace_groups(model, x)
+from filterprune.selection.allocation import cost_keys
+from filterprune.selection.cost import CostModel, _analytic_count, baseline
+from filterprune.selection.family import _candidates, _Family
+from filterprune.selection.options import Baseline, SelectOptions
+from models_zoo import pointwise_chain
 
 
 def test_analytic_count_by_hand():
-    model, x, _ = _chain()
+    model, x, _ = pointwise_chain(batch=2)
     assert _analytic_count(model, x) == (1920, 140)
 
 
 def test_baseline_with_the_default_counter_by_hand():
-    model, x, groups = _chain()
+    model, x, groups = pointwise_chain(batch=2)
     assert baseline(model, x, groups) == Baseline(1920, 140, {"0": 8, "2": 8, "4": 4})
 
 
 def test_baseline_uses_the_given_counter_on_the_given_inputs():
-    model, x, groups = _chain()
+    model, x, groups = pointwise_chain(batch=2)
     calls = []
 
     def counter(m, inputs):
@@ -58,7 +44,7 @@ def test_cost_keys_against_a_baseline_of_an_earlier_step():
     """The model as it is (1920 MACs) after an earlier step of a 3840-MAC baseline: a unit's cost is the
     MACs it saves as a fraction of the baseline (176 / 3840 for a channel of "0", 192 / 3840 for one of
     "2"), not offset by what the earlier step removed; key = score / cost (scores 1..8, not normalised)."""
-    model, x, groups = _chain()
+    model, x, groups = pointwise_chain(batch=2)
     scores = {"0": torch.arange(1.0, 9.0), "2": torch.arange(1.0, 9.0)}
     opts = SelectOptions(target_macs=0.5, allocation="cost", normalize="none")
     base = Baseline(3840, 280, {"0": 8, "2": 8})

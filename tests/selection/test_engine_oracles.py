@@ -28,15 +28,7 @@ from filterprune.selection import (
     select,
     unit_key,
 )
-
-
-def _chain(widths=(8, 8)):
-    """``"0"`` (a channels) feeds ``"2"`` (b channels); ``"4"`` is the output and stays whole."""
-    torch.manual_seed(0)
-    a, b = widths
-    model = nn.Sequential(nn.Conv2d(3, a, 1), nn.ReLU(), nn.Conv2d(a, b, 1), nn.ReLU(), nn.Conv2d(b, 4, 1)).eval()
-    x = torch.randn(1, 3, 4, 4)
-    return model, x, trace_groups(model, x)
+from models_zoo import pointwise_chain
 
 
 def _scores(groups):
@@ -92,7 +84,7 @@ def test_limits_when_the_target_is_in_reach_but_no_combination_lands():
 def test_unreachable_ratio_message_counts_channels_not_params():
     # one candidate group of 8 (the other is ignored), min_channels=2: at most 6 of its 8 channels go,
     # 6/8 = 0.75 < 0.875. A ratio is counted in channels: neither "got" nor "at most" comes from a counter.
-    model, x, groups = _chain()
+    model, x, groups = pointwise_chain()
     opts = SelectOptions(ratio=0.875, min_channels=2, ignored_layers=("2",))
     with pytest.raises(PruningError, match=r"^cannot reach ratio=0\.875 within 0\.01: got 0\.75 "
                                            r"\(at most 0\.75; under min_channels=2, ignored_layers\)$"):
@@ -101,7 +93,7 @@ def test_unreachable_ratio_message_counts_channels_not_params():
 
 def test_ratio_selection_neither_counts_nor_runs_the_model():
     """A ratio under global ranking needs no cost model: no counter call and no forward pass."""
-    model, x, groups = _chain()
+    model, x, groups = pointwise_chain()
     calls = []
     model.register_forward_hook(lambda *_: calls.append("forward"))
     plan = select(model, x, groups, _scores(groups), SelectOptions(ratio=0.5),
@@ -114,7 +106,7 @@ def test_a_given_counter_is_used_even_where_the_metrics_package_is_missing(monke
     """Without metrics, the default counter is the analytic one and need not be re-checked; a counter the
     caller passes is still the measure: it counts the model itself and every candidate plan."""
     monkeypatch.setattr(engine, "default_counter", lambda: _analytic_count)
-    model, x, groups = _chain()
+    model, x, groups = pointwise_chain()
     seen = []
 
     def counter(m, inputs):
@@ -130,7 +122,7 @@ def test_a_given_counter_is_used_even_where_the_metrics_package_is_missing(monke
 def test_a_baseline_of_one_mac_is_not_clamped_to_two():
     """Removed fraction = 1 - macs / max(1, base macs): a counter that reports one MAC whatever is removed
     leaves 0 % removed, so 50 % cannot be reached."""
-    model, x, groups = _chain()
+    model, x, groups = pointwise_chain()
     with pytest.raises(PruningError, match=r"^cannot reach target_macs=0\.5 within 0\.01: got 0 "):
         select(model, x, groups, _scores(groups), SelectOptions(target_macs=0.5), counter=lambda m, inputs: (1, 1))
 
@@ -157,7 +149,7 @@ def _table_counter(table):
 
 
 def _one_group_plan(table, target, tol):
-    model, x, groups = _chain()
+    model, x, groups = pointwise_chain()
     opts = SelectOptions(target_macs=target, tolerance=tol, ignored_layers=("2",))
     plan = select(model, x, groups, _scores(groups), opts, counter=_table_counter(table))
     assert set(plan.prune_idxs) <= {"0"}
@@ -185,7 +177,7 @@ def test_within_half_the_tolerance_the_ranking_prefix_beats_a_closer_plan():
     """target_latency 0.285 (tolerance 0.06): removing the 2 + 2 lowest-ranked channels predicts 0.26,
     0.025 off, within half the tolerance: taken. (Adding the third channel of "2" would predict 0.29, closer,
     but out of ranking order: "0"'s third channel ranks first.)"""
-    model, x, groups = _chain()
+    model, x, groups = pointwise_chain()
     scores = {"0": torch.arange(8.0), "2": torch.arange(8.0) + 0.5}  # ranking: 0:0, 2:0, 0:1, 2:1, 0:2, ...
 
     def latency(cuts):  # 0.1 per channel of "0", 0.03 per channel of "2"
