@@ -247,3 +247,63 @@ def test_concat_or_stack_off_dim_1_but_not_across_channels_is_pruned_through(fn,
     assert next(m for m in group.members if m.module == "conv2").idxs == idxs
     pruned = pruned_matches_masked(model, groups, PrunePlan({"conv": [1]}), x)
     assert pruned.conv.out_channels == 3
+
+
+# --- issue 14: survivors of OpRecorder._axis --------------------------------------------------------------
+
+def _named(name):
+    """A user function called ``name`` that dispatches through the torch-function protocol (doubles its tensor)."""
+    def fn(*args, **kwargs):
+        return [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)][0] * 2
+    fn.__name__ = name
+    return fn
+
+
+_dispatch = torch.overrides.handle_torch_function
+
+
+@pytest.mark.parametrize("fn, expected", [
+    (lambda x: _dispatch(_named("cat"), (x,), x=x), ("cat", 1, False)),        # no list at all: default axis 1
+    (lambda x: _dispatch(_named("cat"), (x,), [], x), ("cat", 1, False)),      # an empty list: default axis 1
+    (lambda x: _dispatch(_named("permute"), (x,), x), ("permute", None, False)),  # no dims: the axis is lost
+    (lambda x: _dispatch(_named("transpose"), (x,), x), ("transpose", 1, False)),  # no dims: read as (0, 0)
+    (lambda x: _dispatch(_named("getitem"), (x,), x), ("getitem", 1, False)),  # no index: nothing selected
+])
+def test_ops_named_like_torch_ops_but_missing_their_arguments_read_the_documented_defaults(fn, expected):
+    """The recorder must not crash on a user function named like a torch op whose arguments it cannot find."""
+    assert _record(fn) == expected
+
+
+@pytest.mark.parametrize("fn, expected", [
+    (lambda x: x.permute((0, 2, 3, 1)), 3),                      # the dims as one tuple argument
+    (lambda x: torch.permute(x, (3, 1, 0, 2)), 1),
+])
+def test_permute_reads_its_dims_given_as_one_sequence(fn, expected):
+    assert _record(fn)[1:] == (expected, False)
+
+
+def test_a_1d_result_of_an_op_without_tensor_operands_has_no_channel_axis():
+    assert _record(lambda x: torch.hstack([x, x]), shape=(4,)) == ("hstack", None, False)
+
+
+@pytest.mark.parametrize("fn, touches", [
+    (lambda x: x.gather(1, torch.zeros(2, 2, 3, 5, dtype=torch.long)), True),   # gathers channels
+    (lambda x: x.gather(2, torch.zeros(2, 4, 1, 5, dtype=torch.long)), False),  # gathers rows
+])
+def test_gather_touches_the_channels_only_along_the_channel_axis(fn, touches):
+    assert _record(fn) == ("gather", 1, touches)
+
+
+@pytest.mark.parametrize("fn, expected", [
+    (lambda x: x.sum(1, True), (1, True)),                       # keepdim as the third positional argument
+    (lambda x: x.sum(2, True), (1, False)),
+    (lambda x: x.sum(0, False), (0, False)),
+])
+def test_reductions_read_keepdim_given_positionally(fn, expected):
+    assert _record(fn)[1:] == expected
+
+
+def test_a_prelu_of_a_vector_has_no_channel_axis():
+    """Found by this test: PReLU (like every dim-1 op) was recorded with axis 1 even on a 1-d result, so the
+    tracer indexed past the shape (IndexError in the broadcast cut) on ``prelu(h.sum(1))``."""
+    assert _record(lambda x: nn.functional.prelu(x, torch.tensor([0.25])), shape=(4,)) == ("prelu", None, False)

@@ -228,3 +228,16 @@ def test_a_shuffle_joins_the_groups_around_it_into_blocks_of_four_with_no_reason
 def test_a_group_kept_whole_for_a_shuffle_still_does_not_reach_the_output():
     groups = {g.id: g for g in trace_groups(UnshuffledInput(), torch.randn(2, 3, 8, 8))}
     assert groups["unshuffle"].reaches_output is False and groups["head"].reaches_output is True
+
+
+def test_tying_channels_keeps_whether_the_group_reaches_the_output():
+    """tie_channels called directly: a grouped conv (groups=2, block 2) ties channels 0-2 and 1-3; every other
+    field of the group, reaches_output included, is returned unchanged."""
+    from filterprune.graph._ties import tie_channels
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.Conv2d(4, 6, 1, groups=2))
+    one = tuple((c,) for c in range(4))
+    group = ChannelGroup("0", 4, (Member("0", "out", "Conv2d", one), Member("1", "in", "Conv2d", one)), True, "", True)
+    tied, why = tie_channels(model, group)
+    units = ((0, 2), (1, 3))
+    assert why == "" and tied == ChannelGroup(
+        "0", 2, (Member("0", "out", "Conv2d", units), Member("1", "in", "Conv2d", units)), True, "", True)

@@ -62,3 +62,23 @@ def test_chained_uneven_splits_keep_the_group_whole_with_the_reason():
     assert not groups["conv"].prunable
     assert groups["conv"].reason == "split in the model forward (_ChainedSplits) cuts the channel axis into pieces " \
                                     "of fixed size"
+
+
+class _VectorPrelu(nn.Module):
+    """A Linear whose outputs are summed into one number per sample that a shared-slope PReLU then acts on."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc, self.act, self.head = nn.Linear(5, 4), nn.PReLU(), nn.Linear(4, 3)
+
+    def forward(self, x):
+        h = self.fc(x)
+        return self.head(h), self.act(h.sum(1))
+
+
+def test_a_prelu_on_a_1d_tensor_is_traced_and_leaves_the_linear_prunable():
+    """Found by this test: the 1-d PReLU result was given channel axis 1 and the trace raised IndexError.
+    The sum over fc's outputs reduces its channels, so fc's group is kept whole for that reduction."""
+    groups = {g.id: g for g in trace_groups(_VectorPrelu(), torch.randn(2, 5))}
+    assert groups["fc"].size == 4
+    assert {(m.module, m.kind) for m in groups["fc"].members} >= {("fc", "out"), ("head", "in")}

@@ -127,8 +127,8 @@ class OpRecorder(TorchFunctionMode):
         """(channel axis of ``out``, whether the op cuts/reduces/reorders the input's channel axis)."""
         if name in _AXIS_LAST:
             return out.dim() - 1, False
-        if any(k in name for k in _AXIS_1):
-            return 1, False
+        if any(k in name for k in _AXIS_1):  # a 1-d result (PReLU of a vector) has no channel axis
+            return (1 if out.dim() > 1 else None), False
         if name == "cat" or name == "stack" or name == "concat":  # the tensors sit in a list, not in ``ins``
             seq = args[0] if args else kwargs.get("tensors", ())
             first = next((t for t in seq if isinstance(t, Tensor)), None)
