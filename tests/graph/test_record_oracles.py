@@ -307,3 +307,21 @@ def test_a_prelu_of_a_vector_has_no_channel_axis():
     """Found by this test: PReLU (like every dim-1 op) was recorded with axis 1 even on a 1-d result, so the
     tracer indexed past the shape (IndexError in the broadcast cut) on ``prelu(h.sum(1))``."""
     assert _record(lambda x: nn.functional.prelu(x, torch.tensor([0.25])), shape=(4,)) == ("prelu", None, False)
+
+
+@pytest.mark.parametrize("fn, axis", [
+    (lambda x: x.swapdims(1, 3), 3),
+    (lambda x: x.swapaxes(1, 2), 2),
+])
+def test_swapdims_and_swapaxes_move_the_channel_axis_like_transpose(fn, axis):
+    assert _record(fn)[1:] == (axis, False)
+
+
+@pytest.mark.parametrize("fn, touches", [
+    (lambda x: x[..., :2], False),          # the ellipsis covers the channels: a full slice there
+    (lambda x: x[..., 1:3, :, :], True),    # ... which is empty here: the channels are sliced
+    (lambda x: x[:, :, ..., 0], False),
+])
+def test_an_index_with_an_ellipsis_is_read_against_the_tensors_rank(fn, touches):
+    assert _record(fn)[1:] == (1, touches)
+
