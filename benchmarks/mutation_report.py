@@ -121,10 +121,15 @@ def _trees(path: Path) -> dict[str, str]:
     return out
 
 
+def _mutated(run: Path, name: str) -> tuple[Path, str]:
+    """The mutated module holding mutant ``name`` in ``run``'s mutants/, and the mutant's function name there."""
+    module, _, func = name.rpartition(".")
+    return run / "mutants" / "src" / Path(*module.split(".")).with_suffix(".py"), func
+
+
 def tree_equivalent(run: Path, name: str) -> str | None:
     """:data:`DISPLAY_REASON` if the mutant and its original differ only in what :class:`_DropDisplay` drops."""
-    module, _, func = name.rpartition(".")
-    path = run / "mutants" / "src" / Path(*module.split(".")).with_suffix(".py")
+    path, func = _mutated(run, name)
     trees = _trees(path) if path.exists() else {}
     orig = trees.get(func.rsplit("__mutmut_", 1)[0] + "__mutmut_orig")
     return DISPLAY_REASON if orig is not None and trees.get(func) == orig else None
@@ -138,8 +143,7 @@ def diff_of(lines: list[str]) -> str:
 def diff_lines(run: Path, name: str) -> list[str]:
     """The mutant's changed lines (``-old``, ``+new``): its function against the original in the run's
     mutants/ (what ``mutmut show`` prints, without a process per mutant; ``mutmut show`` is the fallback)."""
-    module, _, func = name.rpartition(".")
-    path = run / "mutants" / "src" / Path(*module.split(".")).with_suffix(".py")
+    path, func = _mutated(run, name)
     funcs = _functions(path) if path.exists() else {}
     orig = funcs.get(func.rsplit("__mutmut_", 1)[0] + "__mutmut_orig")
     if func in funcs and orig is not None:

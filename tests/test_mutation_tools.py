@@ -1,16 +1,16 @@
-"""The mutation-testing tools' own rules (benchmarks/mutation_report.py, benchmarks/mutmut_sample.py):
+"""The mutation-testing tools' own rules (benchmarks/mutation_report.py, mutmut_sample.py, mutation_merge.py):
 what they call equivalent decides the reported score, so each rule is pinned against hand-made mutants."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 
 import pytest
 
 from shared_paths import load_benchmark_script
 
 pytest.importorskip("mutmut")
-
 
 
 ORIG = '''
@@ -78,3 +78,38 @@ def test_the_sample_is_the_hash_threshold_and_its_share_is_the_fraction():
     assert abs(len(drawn) / len(names) - 0.2) < 4 * (0.2 * 0.8 / len(names)) ** 0.5  # binomial, 4 s.e.
     assert drawn != [n for n in names if sample.in_sample(n, 0.2, 8)]  # another seed, another draw
     assert all(sample.in_sample(n, 1.0, 7) for n in names[:100])
+
+
+def _run(folder, verdicts, config="before"):
+    meta = folder / "mutants" / "src" / "pkg" / "mod.py.meta"
+    meta.parent.mkdir(parents=True)
+    meta.write_text(json.dumps({"exit_code_by_key": verdicts}))
+    (folder / "pyproject.toml").write_text(config)
+    return folder
+
+
+def test_merge_keeps_before_verdicts_not_re_run_except_those_of_changed_functions(tmp_path):
+    merge = load_benchmark_script("mutation_merge").merge
+    before = _run(tmp_path / "b", {"pkg.mod.x_f__mutmut_1": 1, "pkg.mod.x_f__mutmut_2": 0,
+                                   "pkg.mod.x_g__mutmut_1": 0, "pkg.mod.x_g__mutmut_2": 1})
+    after = _run(tmp_path / "a", {"pkg.mod.x_f__mutmut_1": None, "pkg.mod.x_f__mutmut_2": 1,
+                                  "pkg.mod.x_g__mutmut_1": None, "pkg.mod.x_g__mutmut_2": None,
+                                  "pkg.mod.x_g__mutmut_3": 1}, config="after")
+    assert merge(before, after, tmp_path / "out", ["x_g__"]) == 1
+    out = json.loads((tmp_path / "out" / "mutants" / "src" / "pkg" / "mod.py.meta").read_text())
+    # f: 1 not re-run keeps its before verdict, 2 re-run takes after's; g changed: after's verdicts only
+    assert out["exit_code_by_key"] == {"pkg.mod.x_f__mutmut_1": 1, "pkg.mod.x_f__mutmut_2": 1,
+                                       "pkg.mod.x_g__mutmut_1": None, "pkg.mod.x_g__mutmut_2": None,
+                                       "pkg.mod.x_g__mutmut_3": 1}
+    assert (tmp_path / "out" / "pyproject.toml").read_text() == "after"
+    assert merge(before, after, tmp_path / "out", []) == 3  # its own output folder is replaced
+
+
+def test_merge_refuses_to_replace_a_folder_it_did_not_write(tmp_path):
+    merge = load_benchmark_script("mutation_merge").merge
+    before, after = _run(tmp_path / "b", {}), _run(tmp_path / "a", {})
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    with pytest.raises(SystemExit, match="was not written by mutation_merge.py"):
+        merge(before, after, tmp_path / "mine", [])
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
